@@ -1,0 +1,5 @@
+import sys
+
+from kwsd.cli import main
+
+sys.exit(main())

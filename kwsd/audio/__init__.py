@@ -1,0 +1,24 @@
+"""Audio input: microphone, file or stdin → float32 mono 16 kHz blocks in a bounded queue.
+
+The daemon wires one source into one `BoundedAudioQueue`:
+
+    source = open_source(settings.audio)
+    queue = BoundedAudioQueue(settings.audio.max_queue_seconds)
+    capture = asyncio.create_task(source.run(queue))   # returns at end of input
+    ...  # decoder task: `while (block := await queue.get()) is not None: ...`
+    # when capture finishes: queue.close() so the decoder drains and sees None
+"""
+
+from kwsd.audio.base import SAMPLE_RATE, AudioBlock, AudioOptions, AudioSource
+from kwsd.audio.factory import open_source
+from kwsd.audio.queue import BoundedAudioQueue, QueueClosedError
+
+__all__ = [
+    "SAMPLE_RATE",
+    "AudioBlock",
+    "AudioOptions",
+    "AudioSource",
+    "BoundedAudioQueue",
+    "QueueClosedError",
+    "open_source",
+]

@@ -1,0 +1,70 @@
+"""The interface every backend implements.
+
+The search only ever calls `decode` and `join`; the streaming front end only calls
+`init_state` and `run_chunk`. Keeping the surface this small is what lets the CoreML
+backend stay a thin adapter and lets tests swap in a replay encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+# Opaque per-stream encoder state. Each backend decides what is inside; callers only
+# pass it back. A new stream (a new file, a Wyoming connection) gets its own.
+EncoderState = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkSpec:
+    """How the encoder consumes feature frames (SPEC §2)."""
+
+    frames_in: int = 45  # feature frames per encoder call
+    frames_shift: int = 32  # feature frames the stream advances per call
+    frames_out: int = 8  # encoder frames produced per call
+    frame_seconds: float = 0.04  # duration of one encoder output frame
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDefaults:
+    """Search defaults that travel with a model (upstream sherpa or the CoreML config.json)."""
+
+    threshold: float = 0.25
+    boost: float = 1.0
+    num_trailing_blanks: int = 1
+    auto_reset_seconds: float = 1.5
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A streaming transducer: encoder chunks plus a stateless decoder/joiner."""
+
+    name: str
+    chunk: ChunkSpec
+    joiner_dim: int
+    vocab_size: int
+    blank_id: int
+    context_size: int
+    defaults: ModelDefaults
+
+    def init_state(self) -> EncoderState:
+        """Fresh encoder state for a new stream."""
+        ...
+
+    def run_chunk(self, feats: FloatArray, state: EncoderState) -> tuple[FloatArray, EncoderState]:
+        """feats [frames_in, 80] -> (encoder frames [frames_out, joiner_dim], next state)."""
+        ...
+
+    def decode(self, contexts: IntArray) -> FloatArray:
+        """contexts [B, context_size] token ids (-1 = none) -> decoder out [B, joiner_dim]."""
+        ...
+
+    def join(self, enc: FloatArray, dec: FloatArray) -> FloatArray:
+        """enc [B, joiner_dim], dec [B, joiner_dim] -> logits [B, vocab_size]."""
+        ...

@@ -1,0 +1,230 @@
+"""`kwsd config check|path`, plus the config options every daemon-like sub-command shares.
+
+`add_config_args` and `settings_from_args` are what `kwsd run`, `kwsd wyoming` and friends
+use, so `--config`, `--log-level`, `--log-format` and `--set KEY=VALUE` behave the same in
+every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+import types
+from pathlib import Path
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import SecretStr
+
+from kwsd.config import (
+    Settings,
+    default_config_file,
+    load_settings,
+    lookup_field,
+    resolve_config_path,
+)
+from kwsd.errors import ConfigError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("auto", "console", "json")
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """Add --config, --set, --log-level and --log-format to a sub-command's parser."""
+    group = parser.add_argument_group("configuration")
+    group.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"config.toml to read (default: $KWSD_CONFIG, else {default_config_file()} "
+        "if it exists)",
+    )
+    group.add_argument(
+        "--set",
+        dest="config_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set mqtt.host=broker.local --set search.beam=8 "
+        "(VALUE is read as TOML, else as a plain string; may be repeated)",
+    )
+    group.add_argument(
+        "--log-level", type=str.lower, choices=LOG_LEVELS, help="log level (default: info)"
+    )
+    group.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        help="log format on stderr (default: auto = console on a terminal, else JSON lines)",
+    )
+
+
+def parse_set_option(item: str) -> tuple[str, Any]:
+    """`mqtt.port=1884` → ("mqtt.port", 1884); a value that is not TOML stays a string.
+
+    Settings that hold text (`mqtt.username=2024`, `audio.device=2`) keep the text as typed.
+    """
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(
+            f"--set {item!r} is not KEY=VALUE; write e.g. --set mqtt.host=broker.local"
+        )
+    field = lookup_field(key)
+    if field is not None and _holds_text(field.annotation):
+        return key, text
+    try:
+        value: Any = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key, value
+
+
+def _holds_text(annotation: Any) -> bool:
+    """Does a field take a plain string (str, Path, SecretStr, or a union with one)?"""
+    if annotation in (str, Path, SecretStr):
+        return True
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_holds_text(arg) for arg in get_args(annotation))
+    if get_origin(annotation) is Annotated:
+        return _holds_text(get_args(annotation)[0])
+    return False
+
+
+def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Load the settings for a command: its own flags > --set > env > config file > defaults.
+
+    `overrides` use `__` for nesting (`audio__device=args.device`) or nested dicts
+    (`audio={"source": "file"}`); None means "flag not given" and is ignored.
+    """
+    cli: dict[str, Any] = {}
+    for item in getattr(args, "config_set", None) or []:
+        key, value = parse_set_option(item)
+        cli[key] = value
+    cli["log.level"] = getattr(args, "log_level", None)
+    cli["log.format"] = getattr(args, "log_format", None)
+    cli.update(overrides)
+    return load_settings(getattr(args, "config", None), cli)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "config",
+        help="check and show the configuration",
+        description="Validate the configuration (config.toml, KWSD_* environment variables, "
+        "--set) and show the effective settings.",
+    )
+    actions = parser.add_subparsers(dest="config_command", metavar="ACTION")
+    actions.required = True
+
+    check = actions.add_parser(
+        "check",
+        help="validate and print the effective settings (secrets masked)",
+        description="Validate the configuration and print the effective settings with "
+        "secrets masked. Exit code 0 when valid, 3 with an explanation otherwise.",
+    )
+    add_config_args(check)
+    check.add_argument(
+        "--format",
+        dest="output_format",
+        choices=("toml", "json"),
+        default="toml",
+        help="output format (default: toml)",
+    )
+    check.set_defaults(func=_check)
+
+    where = actions.add_parser(
+        "path",
+        help="print which config file would be used",
+        description="Print the config file kwsd would read ($KWSD_CONFIG, else the "
+        "platform default) and where the default location is.",
+    )
+    where.add_argument("--config", type=Path, metavar="FILE", help="an explicit config file")
+    where.set_defaults(func=_path)
+
+
+def _check(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    for warning in missing_files(settings):
+        print(f"kwsd: warning: {warning}", file=sys.stderr)
+    if args.output_format == "json":
+        print(json.dumps(settings.masked_dump(), indent=2))
+        return 0
+    origin = settings.config_path or "environment and defaults only (no config file)"
+    print(f"# kwsd configuration is valid. Loaded from: {origin}")
+    print('# Secrets are shown as "***"; unset options are commented out.')
+    print(to_toml(settings.masked_dump()), end="")
+    return 0
+
+
+def _path(args: argparse.Namespace) -> int:
+    path, origin = resolve_config_path(args.config)
+    print(f"{path} (from {origin})" if path is not None else origin)
+    print(f"default location: {default_config_file()}")
+    return 0
+
+
+def missing_files(settings: Settings) -> list[str]:
+    """Referenced files that do not exist yet: worth a warning, not a config error."""
+    checks: list[tuple[str, Path | None, bool]] = [
+        ("keywords.file", settings.keywords.file, True),
+        ("audio.file", settings.audio.file, settings.audio.source == "file"),
+        ("model.dir", settings.model.dir, True),
+        ("assets", settings.assets, True),
+    ]
+    return [
+        f"{key} = {path} does not exist"
+        for key, path, relevant in checks
+        if relevant and path is not None and not path.exists()
+    ]
+
+
+# --------------------------------------------------------------------------------------
+# A small TOML writer for the effective settings (tomllib only reads)
+# --------------------------------------------------------------------------------------
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Render nested settings as TOML that `kwsd` can read back; None becomes a comment."""
+    lines: list[str] = []
+    _emit_table(data, [], lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _emit_table(data: dict[str, Any], path: list[str], lines: list[str]) -> None:
+    scalars = {k: v for k, v in data.items() if not _is_table(v) and not _is_table_array(v)}
+    for key, value in scalars.items():
+        lines.append(f"# {key} = (not set)" if value is None else f"{key} = {_value(value)}")
+    for key, value in data.items():
+        if _is_table(value):
+            lines.extend(["", f"[{'.'.join([*path, key])}]"])
+            _emit_table(value, [*path, key], lines)
+        elif _is_table_array(value):
+            for item in value:
+                lines.extend(["", f"[[{'.'.join([*path, key])}]]"])
+                given = {k: v for k, v in item.items() if v is not None and v != []}
+                _emit_table(given, [*path, key], lines)
+
+
+def _is_table(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v) for v in value if v is not None) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{k} = {_value(v)}" for k, v in value.items() if v is not None)
+        return "{ " + inner + " }"
+    return json.dumps(str(value), ensure_ascii=False)

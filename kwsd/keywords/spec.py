@@ -1,0 +1,45 @@
+"""The keyword entry as users write it: in config.toml, a keywords file, or an MQTT command."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class KeywordSpec(BaseModel):
+    """One keyword to spot.
+
+    Either `phrase` (plain English, tokenised with the model's BPE) or `pieces` (explicit
+    BPE pieces, as in a sherpa keyword file) must be given. `alternates` are extra piece
+    sequences for the same keyword, which raise recall when the BPE splits a word in
+    more than one plausible way (e.g. `▁LI GHT ▁UP` beside `▁ L IGHT ▁UP`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    phrase: str | None = None
+    pieces: tuple[str, ...] | None = None
+    boost: float | None = Field(default=None, ge=0.0, le=10.0)
+    threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+    display: str | None = None
+    alternates: tuple[tuple[str, ...], ...] = ()
+
+    @field_validator("pieces", mode="before")
+    @classmethod
+    def _split_piece_string(cls, value: object) -> object:
+        # "▁ L IGHT ▁UP" is the natural way to write pieces in TOML/JSON.
+        return value.split() if isinstance(value, str) else value
+
+    @field_validator("alternates", mode="before")
+    @classmethod
+    def _split_alternates(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            return [v.split() if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _needs_phrase_or_pieces(self) -> KeywordSpec:
+        if not (self.phrase and self.phrase.strip()) and not self.pieces:
+            raise ValueError(
+                "a keyword needs a non-empty `phrase` (e.g. \"LIGHT UP\") or `pieces`"
+            )
+        return self

@@ -1,0 +1,55 @@
+"""MQTT output and command channel of the daemon (and the stdout fallback).
+
+Topics under the base topic `kwsd/<site_id>`:
+
+- `detection`      JSON DetectionPayload per match; QoS `mqtt.qos` (1), not retained.
+- `status`         `online` / `offline`, retained; `offline` is also the last will.
+- `keywords`       JSON KeywordsPayload (version, paused, keywords), retained.
+- `cmd/keywords/set|add|remove`, `cmd/pause`, `cmd/resume`: commands (Command).
+- `cmd/result`     JSON CommandReply for every command, also sent to the MQTT 5
+                   response topic with the request's correlation data.
+
+Wiring: `MqttLink(MqttOptions.from_settings(settings.mqtt), site=..., model=...,
+handler=registry)`, run `link.run()` as a task, call `link.publish_detection(det)` and
+`link.publish_keywords(KeywordsPayload(...))` from the event loop; integrations use
+`link.subscribe(filter, callback)` and `link.publish(topic, payload, retain=...)`.
+Without a broker, `StdoutPublisher` prints the same detection JSON, one per line.
+"""
+
+from kwsd.mqtt.commands import (
+    Command,
+    CommandError,
+    CommandHandler,
+    CommandResult,
+    parse_command,
+)
+from kwsd.mqtt.link import LinkStatus, MessageCallback, MqttLink
+from kwsd.mqtt.messages import InboundMessage, OutMessage
+from kwsd.mqtt.options import MqttOptions, TlsOptions
+from kwsd.mqtt.outbox import Outbox
+from kwsd.mqtt.payloads import CommandReply, DetectionPayload, KeywordsPayload
+from kwsd.mqtt.publisher import DetectionPublisher
+from kwsd.mqtt.stdout import StdoutPublisher
+from kwsd.mqtt.topics import Topics
+
+__all__ = [
+    "Command",
+    "CommandError",
+    "CommandHandler",
+    "CommandReply",
+    "CommandResult",
+    "DetectionPayload",
+    "DetectionPublisher",
+    "InboundMessage",
+    "KeywordsPayload",
+    "LinkStatus",
+    "MessageCallback",
+    "MqttLink",
+    "MqttOptions",
+    "OutMessage",
+    "Outbox",
+    "StdoutPublisher",
+    "TlsOptions",
+    "Topics",
+    "parse_command",
+]

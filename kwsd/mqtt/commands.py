@@ -1,0 +1,226 @@
+"""Commands that arrive over MQTT: their parsed form, their result, and who handles them.
+
+This module only checks the *shape* of a payload (size, encoding, JSON types). Whether a
+keyword is valid for the loaded model (unknown BPE piece, too short, ...) is the
+handler's call: it owns the vocabulary and the active list, and answers with a
+CommandResult instead of raising, so one bad command never disturbs the running set.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from pydantic import ValidationError
+
+from kwsd.errors import KwsdError
+from kwsd.keywords.spec import KeywordSpec
+from kwsd.mqtt.topics import CommandName
+
+DEFAULT_MAX_COMMAND_BYTES: Final = 64 * 1024
+_VERBS: Final[dict[str, CommandName]] = {
+    "keywords/set": "set",
+    "keywords/add": "add",
+    "keywords/remove": "remove",
+    "pause": "pause",
+    "resume": "resume",
+}
+_SPEC_FIELDS: Final = ", ".join(KeywordSpec.model_fields)
+_EXAMPLE: Final = '["LIGHT UP", {"phrase": "GOOD NIGHT", "threshold": 0.3}]'
+
+
+class CommandError(KwsdError):
+    """A command payload that cannot be understood; the message goes back to the sender."""
+
+    def __init__(self, message: str, *, command_id: str | None = None) -> None:
+        super().__init__(message)
+        self.command_id = command_id
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A well-formed command.
+
+    For `set` and `add` every entry is a KeywordSpec (a bare string became its phrase).
+    For `remove` an entry is either a KeywordSpec or a string naming a keyword by its
+    phrase or display name. `pause`/`resume` carry no entries, maybe a `reason`.
+    """
+
+    name: CommandName
+    entries: tuple[KeywordSpec | str, ...] = ()
+    id: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """The handler's answer; `keywords_version` is the version in force afterwards."""
+
+    ok: bool
+    error: str | None = None
+    keywords_version: int | str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+class CommandHandler(Protocol):
+    """The daemon side of the command channel (the keyword registry).
+
+    Must not raise for a bad keyword: return CommandResult(ok=False, error=...) and
+    keep the previous list. Blocking work (compiling keywords) belongs in a thread.
+    """
+
+    async def handle(self, command: Command) -> CommandResult: ...
+
+
+def command_name(verb: str) -> CommandName:
+    """`keywords/set` → `set`; a CommandError naming the valid verbs otherwise."""
+    try:
+        return _VERBS[verb]
+    except KeyError:
+        valid = ", ".join(f"cmd/{v}" for v in _VERBS)
+        raise CommandError(f"unknown command `cmd/{verb}`: use one of {valid}") from None
+
+
+def parse_command(
+    verb: str, payload: bytes, *, max_bytes: int = DEFAULT_MAX_COMMAND_BYTES
+) -> Command:
+    """Parse the payload of `<base>/cmd/<verb>`, or raise CommandError saying what is wrong."""
+    name = command_name(verb)
+    if len(payload) > max_bytes:
+        raise CommandError(
+            f"payload of {len(payload)} bytes is over the {max_bytes}-byte limit for commands"
+        )
+    text = _decode(payload)
+    if name in ("pause", "resume"):
+        return _parse_state_command(name, text)
+    return _parse_keyword_command(name, text)
+
+
+def _decode(payload: bytes) -> str:
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CommandError(
+            f"payload is not UTF-8 text (byte 0x{payload[exc.start]:02x} at offset "
+            f"{exc.start}): send JSON such as {_EXAMPLE}"
+        ) from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _load_json(text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise CommandError("payload JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise CommandError(
+            f"payload is not valid JSON ({exc}): send JSON such as {_EXAMPLE}"
+        ) from None
+
+
+def _command_id(envelope: dict[str, Any]) -> str | None:
+    ident = envelope.get("id")
+    if ident is None:
+        return None
+    if isinstance(ident, bool) or not isinstance(ident, str | int):
+        raise CommandError("`id` must be a string or an integer")
+    text = str(ident)
+    if len(text) > 200:
+        raise CommandError("`id` is longer than 200 characters")
+    return text
+
+
+def _parse_state_command(name: CommandName, text: str) -> Command:
+    if not text.strip():
+        return Command(name=name)
+    value = _load_json(text)
+    if not isinstance(value, dict):
+        raise CommandError(
+            f"`{name}` takes an empty payload or a JSON object like "
+            '{"reason": "tv on", "id": "42"}'
+        )
+    ident = _command_id(value)
+    unknown = sorted(set(value) - {"id", "reason"})
+    if unknown:
+        raise CommandError(f"unknown field(s) {unknown} for `{name}`", command_id=ident)
+    reason = value.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise CommandError("`reason` must be a string", command_id=ident)
+    return Command(name=name, id=ident, reason=reason)
+
+
+def _parse_keyword_command(name: CommandName, text: str) -> Command:
+    if not text.strip():
+        raise CommandError(f"empty payload: `{name}` needs a JSON list such as {_EXAMPLE}")
+    value = _load_json(text)
+    ident: str | None = None
+    if isinstance(value, dict) and "keywords" in value:
+        ident = _command_id(value)
+        unknown = sorted(set(value) - {"id", "keywords"})
+        if unknown:
+            raise CommandError(f"unknown field(s) {unknown} beside `keywords`", command_id=ident)
+        value = value["keywords"]
+    if isinstance(value, str | dict):
+        value = [value]  # one keyword on its own is clearly meant as a list of one
+    if not isinstance(value, list):
+        raise CommandError(
+            f"`{name}` needs a JSON list of keywords such as {_EXAMPLE}, got {_json_type(value)}",
+            command_id=ident,
+        )
+    if not value and name != "set":
+        raise CommandError(f"`{name}` needs at least one keyword", command_id=ident)
+    entries = tuple(_entry(name, index, item, ident) for index, item in enumerate(value, 1))
+    return Command(name=name, entries=entries, id=ident)
+
+
+def _entry(name: CommandName, index: int, item: Any, ident: str | None) -> KeywordSpec | str:
+    try:
+        if isinstance(item, str):
+            if name == "remove":
+                if not item.strip():
+                    raise CommandError("an empty name")
+                return item.strip()
+            return KeywordSpec(phrase=item)
+        if isinstance(item, dict):
+            return KeywordSpec.model_validate(item)
+    except ValidationError as exc:
+        raise CommandError(f"keyword {index}: {_explain(exc)}", command_id=ident) from None
+    except CommandError as exc:
+        raise CommandError(f"keyword {index}: {exc}", command_id=ident) from None
+    raise CommandError(
+        f"keyword {index}: expected a phrase string or a keyword object "
+        f"({_SPEC_FIELDS}), got {_json_type(item)}",
+        command_id=ident,
+    )
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown field `{where}` (allowed: {_SPEC_FIELDS})")
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        parts.append(f"`{where}`: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def _json_type(value: Any) -> str:
+    match value:
+        case None:
+            return "null"
+        case bool():
+            return "a boolean"
+        case int() | float():
+            return "a number"
+        case str():
+            return "a string"
+        case list():
+            return "a list"
+        case _:
+            return "an object"

@@ -1,0 +1,581 @@
+"""The daemon's one MQTT connection: publishes, listens for commands, survives outages.
+
+Spotting must never wait for the network, so every publish is a non-blocking put into
+the Outbox and a single task (`run`) owns the connection: it connects, (re)subscribes,
+re-publishes the retained state, drains the outbox, and on any failure reconnects with
+backoff while the outbox keeps filling. Incoming messages are handled one at a time by
+a dispatcher that outlives connections, so a command reply is never lost to a reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import aiomqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from kwsd.detection import Detection
+from kwsd.errors import KwsdError
+from kwsd.mqtt.backoff import Backoff
+from kwsd.mqtt.commands import (
+    Command,
+    CommandError,
+    CommandHandler,
+    CommandResult,
+    parse_command,
+)
+from kwsd.mqtt.diagnose import explain_connect_error, explain_connection_lost
+from kwsd.mqtt.messages import InboundMessage, OutMessage
+from kwsd.mqtt.options import MqttOptions
+from kwsd.mqtt.outbox import Outbox, Ticket
+from kwsd.mqtt.payloads import CommandReply, DetectionPayload, KeywordsPayload
+from kwsd.mqtt.topics import Topics, topic_problem
+
+log = structlog.get_logger("kwsd.mqtt")
+# paho's own socket errors duplicate the one-line reports below; keep them apart.
+_PAHO_LOG = logging.getLogger("kwsd.mqtt.paho")
+
+MessageCallback = Callable[[InboundMessage], Awaitable[None]]
+
+ONLINE: Final = b"online"
+OFFLINE: Final = b"offline"
+_WINDOW: Final = 8  # publishes awaiting their PUBACK at once (aiomqtt warns above 10)
+_INBOX_SIZE: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStatus:
+    """A snapshot for the health check and metrics."""
+
+    broker: str
+    connected: bool
+    last_error: str | None
+    queued: int  # events not yet acknowledged by the broker
+    dropped: int  # events dropped because the outbox was full
+    delivered: int
+    connects: int  # successful connections since start
+
+
+class _PahoLog(logging.Logger):
+    """paho's logger for one client; remembers its last error for the diagnosis."""
+
+    def __init__(self) -> None:
+        super().__init__(_PAHO_LOG.name)
+        self.parent = _PAHO_LOG  # records still reach the normal logging tree
+        self.last_error: str | None = None
+
+    def handle(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            self.last_error = record.getMessage()
+        super().handle(record)
+
+
+class _SessionEndedError(Exception):
+    """A connection attempt failed or an established connection was lost."""
+
+    def __init__(self, message: str, *, lost: bool = False) -> None:
+        super().__init__(message)
+        self.lost = lost  # a routine outage (warning), not a refused connection (error)
+
+
+class MqttLink:
+    """Publishes detections and state to MQTT and serves commands.
+
+    Call the publish methods and `subscribe` from the event loop thread; they never
+    block and work whether or not the broker is reachable. Run `run()` as a task;
+    cancel it (or call `stop()`) to shut down, which delivers what it can, publishes
+    `offline` and disconnects cleanly.
+    """
+
+    def __init__(
+        self,
+        options: MqttOptions,
+        *,
+        site: str,
+        model: str,
+        handler: CommandHandler | None = None,
+    ) -> None:
+        self.options = options
+        self.topics = Topics.for_base(options.base_topic)
+        self.site = site
+        self.model = model
+        self.handler = handler
+        # Built now so a bad CA/cert file is a ConfigError at start, not a retry loop.
+        self._ssl = options.tls.ssl_context() if options.tls.enabled else None
+        if options.tls.enabled and options.tls.insecure:
+            log.warning(
+                "MQTT TLS certificate checks are off (mqtt.tls.insecure = true): the broker "
+                "is not authenticated",
+                broker=options.address,
+            )
+        self.client_id = options.client_id or _default_client_id(site)
+        self._outbox = Outbox(options.outbox_size)
+        self._subscriptions: dict[str, list[MessageCallback]] = {}
+        self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue(_INBOX_SIZE)
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._running = False
+        self._background: set[asyncio.Task[None]] = set()
+        self._last_error: str | None = None
+        self._connects = 0
+        self._keywords_version: int | str | None = None
+        for topic_filter in self.topics.command_filters:
+            self._subscriptions[topic_filter] = [self._on_command]
+        # First state topic, so it is the first message after every (re)connect.
+        self._outbox.set_state(OutMessage(self.topics.status, ONLINE, 1, True))
+
+    # ----------------------------------------------------------------- state
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def status(self) -> LinkStatus:
+        return LinkStatus(
+            broker=self.options.address,
+            connected=self.connected,
+            last_error=self._last_error,
+            queued=len(self._outbox),
+            dropped=self._outbox.dropped,
+            delivered=self._outbox.delivered,
+            connects=self._connects,
+        )
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    async def flush(self) -> None:
+        """Wait until the broker has acknowledged everything published so far."""
+        await self._outbox.drained()
+
+    # ------------------------------------------------------------- publishing
+
+    def publish_detection(
+        self, det: Detection, *, when: datetime | None = None
+    ) -> DetectionPayload:
+        payload = DetectionPayload.from_detection(det, site=self.site, model=self.model, when=when)
+        self._put(OutMessage(self.topics.detection, payload.to_json(), self.options.qos, False))
+        return payload
+
+    def publish_keywords(self, state: KeywordsPayload) -> None:
+        """Make `state` the retained keyword list (re-sent on every reconnect)."""
+        self._keywords_version = state.version
+        self._outbox.set_state(OutMessage(self.topics.keywords, state.to_json(), 1, True))
+
+    def publish(
+        self, topic: str, payload: bytes | str, *, qos: int | None = None, retain: bool = False
+    ) -> None:
+        """Publish through the link's connection and outbox.
+
+        A retained message is treated as state: only its latest payload is kept and it
+        is re-published after every reconnect (discovery configs, availability). Other
+        messages are events, queued in order with the detections.
+        """
+        problem = topic_problem(topic)
+        if problem is not None:
+            raise ValueError(f"cannot publish to {topic!r}: {problem}")
+        data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        message = OutMessage(topic, data, self.options.qos if qos is None else qos, retain)
+        if retain:
+            self._outbox.set_state(message)
+        else:
+            self._put(message)
+
+    def subscribe(self, topic_filter: str, callback: MessageCallback) -> None:
+        """Call `callback` for every message on `topic_filter`, across reconnects.
+
+        Callbacks run one at a time, in arrival order; an exception in one is logged
+        and does not affect the others or the connection.
+        """
+        problem = topic_problem(topic_filter, allow_wildcards=True)
+        if problem is not None:
+            raise ValueError(f"cannot subscribe to {topic_filter!r}: {problem}")
+        callbacks = self._subscriptions.setdefault(topic_filter, [])
+        callbacks.append(callback)
+        client = self._client
+        if len(callbacks) == 1 and client is not None and self.connected:
+            self._spawn(self._subscribe(client, [topic_filter]))
+
+    def _put(self, message: OutMessage) -> None:
+        if self._outbox.put(message):
+            dropped = self._outbox.dropped
+            if dropped == 1 or dropped % 100 == 0:
+                log.warning(
+                    "MQTT outbox full: dropped the oldest queued message",
+                    broker=self.options.address,
+                    outbox_size=self._outbox.maxsize,
+                    dropped_total=dropped,
+                )
+
+    # -------------------------------------------------------------- lifecycle
+
+    def stop(self) -> None:
+        """Ask `run()` to deliver what it can, publish `offline` and return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        if self._running:
+            raise RuntimeError("MqttLink.run() is already running")
+        self._running = True
+        self._stopping.clear()
+        self._outbox.set_state(OutMessage(self.topics.status, ONLINE, 1, True))
+        dispatcher = asyncio.create_task(self._dispatch(), name="kwsd-mqtt-dispatch")
+        backoff = Backoff(self.options.reconnect_min_seconds, self.options.reconnect_max_seconds)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._session(backoff)
+                except _SessionEndedError as ended:
+                    self._record_failure(ended, backoff)
+                if self._stopping.is_set():
+                    break
+                delay = backoff.next_delay()
+                log.debug("MQTT reconnect scheduled", delay_s=round(delay, 2))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
+        finally:
+            self._running = False
+            self._connected.clear()
+            dispatcher.cancel()
+            for task in (dispatcher, *self._background):
+                task.cancel()
+            await asyncio.gather(dispatcher, *self._background, return_exceptions=True)
+
+    def _record_failure(self, ended: _SessionEndedError, backoff: Backoff) -> None:
+        message = str(ended)
+        repeated = message == self._last_error
+        self._last_error = message
+        fields = {"queued": len(self._outbox), "attempt": backoff.attempt + 1}
+        if repeated:
+            log.debug(message, **fields)
+        elif ended.lost:
+            log.warning(message, **fields)
+        else:
+            log.error(message, **fields)
+
+    def _new_client(self, paho_log: logging.Logger) -> aiomqtt.Client:
+        opts = self.options
+        v5 = opts.protocol == "5"
+        return aiomqtt.Client(
+            opts.host,
+            opts.port,
+            username=opts.username,
+            password=opts.password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            will=aiomqtt.Will(self.topics.status, OFFLINE, qos=1, retain=True),
+            clean_session=None if v5 else True,
+            keepalive=opts.keepalive,
+            timeout=opts.timeout_seconds,
+            tls_context=self._ssl,
+            logger=paho_log,
+        )
+
+    async def _session(self, backoff: Backoff) -> None:
+        """One connection, from CONNECT until it is lost or we are told to stop."""
+        paho_log = _PahoLog()
+        client = self._new_client(paho_log)
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            # aiomqtt reports a connection that died before CONNACK (e.g. a TLS alert
+            # "certificate required" after the handshake) only as a timeout; paho
+            # logged the real cause.
+            _abandon(client)
+            seen = paho_log.last_error
+            cause: BaseException = exc
+            if seen and "timed out" in str(exc):
+                cause = aiomqtt.MqttError(seen)
+            raise _SessionEndedError(explain_connect_error(cause, self.options)) from exc
+        graceful = False
+        tasks: list[asyncio.Future[Any]] = []
+        failure: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        try:
+            self._outbox.rewind()  # re-send state and anything unacknowledged
+            await self._subscribe(client, list(self._subscriptions))
+            self._client = client
+            self._connects += 1
+            self._last_error = None
+            self._connected.set()
+            backoff.reset()
+            log.info(
+                "MQTT connected",
+                broker=self.options.address,
+                client_id=self.client_id,
+                protocol=self.options.protocol,
+                base_topic=self.topics.base,
+                queued=len(self._outbox),
+            )
+            reader = asyncio.create_task(self._read(client), name="kwsd-mqtt-read")
+            writer = asyncio.create_task(self._write(client, failure), name="kwsd-mqtt-write")
+            stop = asyncio.create_task(self._stopping.wait(), name="kwsd-mqtt-stop")
+            tasks = [reader, writer, stop]
+            done, _ = await asyncio.wait([*tasks, failure], return_when=asyncio.FIRST_COMPLETED)
+            if stop in done:
+                await self._goodbye(client, failure, draining=True)
+                graceful = True
+                return
+            cause = failure.result() if failure.done() else _task_error(reader, writer)
+            lost = explain_connection_lost(cause, self.options)
+            raise _SessionEndedError(lost, lost=True) from cause
+        except asyncio.CancelledError:
+            await self._goodbye(client, failure, draining=bool(tasks))
+            graceful = True
+            raise
+        except aiomqtt.MqttError as exc:  # subscribing failed
+            raise _SessionEndedError(explain_connection_lost(exc, self.options), lost=True) from exc
+        finally:
+            self._connected.clear()
+            self._client = None
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._outbox.rewind()
+            await self._close(client, graceful=graceful)
+
+    async def _goodbye(
+        self, client: aiomqtt.Client, failure: asyncio.Future[BaseException], *, draining: bool
+    ) -> None:
+        """Deliver what is queued (bounded wait), then announce `offline` ourselves.
+
+        A clean DISCONNECT suppresses the last will, so `offline` must be published
+        explicitly or the retained status would stay `online` forever.
+        """
+        timeout = self.options.shutdown_timeout_seconds
+        if draining and not failure.done():
+            drained: asyncio.Future[Any] = asyncio.ensure_future(self._outbox.drained())
+            waited: list[asyncio.Future[Any]] = [drained, failure]
+            await asyncio.wait(waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
+            if len(self._outbox):
+                log.warning("MQTT shutdown: messages not delivered", queued=len(self._outbox))
+        if failure.done():
+            return  # the connection is gone: the broker publishes the will instead
+        try:
+            async with asyncio.timeout(timeout):
+                await client.publish(self.topics.status, OFFLINE, qos=1, retain=True)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.warning("MQTT shutdown: could not publish offline status", error=str(exc))
+        log.info("MQTT disconnecting", broker=self.options.address)
+
+    async def _close(self, client: aiomqtt.Client, *, graceful: bool) -> None:
+        try:
+            async with asyncio.timeout(self.options.shutdown_timeout_seconds):
+                await client.__aexit__(None, None, None)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            if graceful:
+                log.debug("MQTT disconnect was not clean", error=str(exc))
+
+    async def _subscribe(self, client: aiomqtt.Client, filters: list[str]) -> None:
+        if not filters:
+            return
+        granted = await client.subscribe([(f, 1) for f in filters])
+        for topic_filter, code in zip(filters, granted, strict=False):
+            refused = code.is_failure if hasattr(code, "is_failure") else code == 0x80
+            if refused:
+                self._last_error = (
+                    f"MQTT broker {self.options.address} refused the subscription to "
+                    f"{topic_filter!r} ({code}): check the broker's ACL for this user"
+                )
+                log.error(self._last_error)
+
+    # ----------------------------------------------------------------- output
+
+    async def _write(self, client: aiomqtt.Client, failure: asyncio.Future[BaseException]) -> None:
+        window = asyncio.Semaphore(_WINDOW)
+        pending: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            pending.discard(task)
+            window.release()
+
+        try:
+            while True:
+                await window.acquire()
+                ticket = await self._outbox.take()
+                task = asyncio.create_task(self._deliver(client, ticket, failure))
+                pending.add(task)
+                task.add_done_callback(finished)
+        finally:
+            for task in list(pending):
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _deliver(
+        self, client: aiomqtt.Client, ticket: Ticket, failure: asyncio.Future[BaseException]
+    ) -> None:
+        message = ticket.message
+        try:
+            await client.publish(
+                message.topic,
+                message.payload,
+                qos=message.qos,
+                retain=message.retain,
+                properties=self._properties(message),
+            )
+        except (ValueError, TypeError) as exc:  # the message itself is unsendable
+            log.error("MQTT message dropped", topic=message.topic, error=str(exc))
+            self._outbox.discard(ticket)
+            return
+        except aiomqtt.MqttError as exc:
+            if not failure.done():
+                failure.set_result(exc)
+            return
+        self._outbox.ack(ticket)
+
+    def _properties(self, message: OutMessage) -> Properties | None:
+        if self.options.protocol != "5" or message.correlation_data is None:
+            return None
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        properties.CorrelationData = message.correlation_data
+        return properties
+
+    # ------------------------------------------------------------------ input
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            props = message.properties
+            response_topic = getattr(props, "ResponseTopic", None) if props else None
+            correlation = getattr(props, "CorrelationData", None) if props else None
+            inbound = InboundMessage(
+                topic=message.topic.value,
+                payload=bytes(message.payload)
+                if isinstance(message.payload, bytes | bytearray)
+                else str(message.payload).encode(),
+                qos=message.qos,
+                retain=bool(message.retain),
+                response_topic=str(response_topic) if response_topic else None,
+                correlation_data=bytes(correlation) if correlation is not None else None,
+            )
+            try:
+                self._inbox.put_nowait(inbound)
+            except asyncio.QueueFull:
+                log.warning("MQTT inbox full: message dropped", topic=inbound.topic)
+
+    async def _dispatch(self) -> None:
+        while True:
+            message = await self._inbox.get()
+            topic = aiomqtt.Topic(message.topic)
+            for topic_filter, callbacks in list(self._subscriptions.items()):
+                if not topic.matches(topic_filter):
+                    continue
+                for callback in list(callbacks):
+                    try:
+                        await callback(message)
+                    except Exception:
+                        log.exception("MQTT message handler failed", topic=message.topic)
+
+    async def _on_command(self, message: InboundMessage) -> None:
+        verb = self.topics.command_verb(message.topic) or message.topic
+        if message.retain:
+            # A retained command would be re-applied after every reconnect.
+            log.warning(
+                "ignoring a retained MQTT command; clear it with "
+                f"`mosquitto_pub -r -n -t '{message.topic}'`",
+                topic=message.topic,
+            )
+            return
+        command_id: str | None = None
+        try:
+            command = parse_command(verb, message.payload, max_bytes=self.options.max_command_bytes)
+            command_id = command.id
+            result = await self._handle(command)
+        except CommandError as exc:
+            command_id = exc.command_id
+            result = CommandResult(ok=False, error=str(exc))
+        reply = CommandReply(
+            command=verb,
+            ok=result.ok,
+            error=result.error,
+            keywords_version=(
+                result.keywords_version
+                if result.keywords_version is not None
+                else self._keywords_version
+            ),
+            id=command_id,
+            warnings=result.warnings,
+        )
+        if reply.ok:
+            log.info(
+                "MQTT command done", command=verb, id=command_id, version=reply.keywords_version
+            )
+        else:
+            log.warning("MQTT command refused", command=verb, id=command_id, error=reply.error)
+        self._reply(reply, message)
+
+    async def _handle(self, command: Command) -> CommandResult:
+        if self.handler is None:
+            return CommandResult(ok=False, error="this kwsd instance does not accept commands")
+        try:
+            return await self.handler.handle(command)
+        except KwsdError as exc:
+            return CommandResult(ok=False, error=str(exc))
+        except Exception as exc:
+            log.exception("MQTT command handler crashed", command=command.name)
+            return CommandResult(
+                ok=False,
+                error=f"internal error ({type(exc).__name__}: {exc}); nothing was changed",
+            )
+
+    def _reply(self, reply: CommandReply, request: InboundMessage) -> None:
+        data = reply.to_json()
+        qos = self.options.qos
+        self._put(OutMessage(self.topics.command_result, data, qos, False))
+        target = request.response_topic
+        if target is None:
+            return
+        if topic_problem(target) is not None or self.topics.is_command_topic(target):
+            log.warning("MQTT command: unusable response topic ignored", response_topic=target)
+            return
+        self._put(OutMessage(target, data, qos, False, request.correlation_data))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except aiomqtt.MqttError as exc:  # the next reconnect subscribes again
+                log.warning("MQTT subscribe failed", error=str(exc))
+
+        task = asyncio.create_task(guarded())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _task_error(*tasks: asyncio.Future[Any]) -> BaseException:
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            assert error is not None
+            return error
+    return ConnectionError("the connection closed")
+
+
+def _abandon(client: aiomqtt.Client) -> None:
+    """Close what a failed connection attempt left open.
+
+    After a CONNACK timeout aiomqtt keeps paho's socket, and the event loop keeps
+    watching it; over a long outage that would leak one descriptor per attempt.
+    """
+    reset = getattr(getattr(client, "_client", None), "_reset_sockets", None)
+    if callable(reset):
+        with contextlib.suppress(Exception):
+            reset()
+
+
+def _default_client_id(site: str) -> str:
+    # Short (MQTT 3.1.1 only guarantees 23 characters) yet recognisable in broker logs.
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", site).strip("-")[:8] or "site"
+    return f"kwsd-{slug}-{secrets.token_hex(4)}"

@@ -1,0 +1,209 @@
+"""Broker outages against a real mosquitto: nothing blocks, nothing queued is lost.
+
+The observer in these tests is a persistent MQTT session (`session=`) on a broker that
+saves its state, so messages the link delivers while the observer is reconnecting
+are queued by the broker instead of racing the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import textwrap
+from collections.abc import Callable
+
+import aiomqtt
+from mqtt_broker import Mosquitto, link_options, running, wait_until
+
+from kwsd.detection import Detection
+from kwsd.keywords.spec import KeywordSpec
+from kwsd.mqtt import KeywordsPayload, MqttLink
+
+Predicate = Callable[[aiomqtt.Message], bool]
+KEYWORDS = KeywordsPayload(3, (KeywordSpec(phrase="LIGHT UP"),))
+
+
+def detection(n: int) -> Detection:
+    return Detection(
+        keyword=f"KW{n}", phrase=f"KW {n}", tokens=("▁KW",), start=n, end=n + 0.2, score=0.5,
+        frame=25 * n,
+    )  # fmt: skip
+
+
+def make_link(broker: Mosquitto, base: str, **overrides: object) -> MqttLink:
+    link = MqttLink(link_options(broker, base, **overrides), site="kitchen", model="m")
+    link.publish_keywords(KEYWORDS)
+    return link
+
+
+def on(topic_suffix: str) -> Predicate:
+    return lambda m: m.topic.value.endswith(topic_suffix)
+
+
+def detection_in(ids: list[str]) -> Predicate:
+    """Matches our detections only: the observer may also get a redelivered older one."""
+    return lambda m: on("/detection")(m) and json.loads(m.payload)["id"] in ids
+
+
+async def create_session(broker: Mosquitto, base: str) -> None:
+    async with broker.subscriber(f"{base}/#", session="observer"):
+        pass
+
+
+async def test_broker_down_at_start_then_everything_is_delivered(
+    mosquitto_restartable: Mosquitto, mqtt_base_topic: str
+) -> None:
+    broker, base = mosquitto_restartable, mqtt_base_topic
+    await create_session(broker, base)
+    broker.stop()
+    link = make_link(broker, base)
+    async with running(link, connect=False):
+        sent = [link.publish_detection(detection(n)).id for n in range(3)]
+        await wait_until(lambda: link.status.last_error is not None, what="a connect error")
+        status = link.status
+        assert not status.connected and status.queued == 3
+        assert status.last_error is not None and "connection refused" in status.last_error
+        assert f"127.0.0.1:{broker.port}" in status.last_error
+
+        broker.start()
+        await wait_until(lambda: link.connected and link.status.queued == 0, what="delivery")
+        assert link.status.last_error is None and link.status.delivered == 3
+        async with broker.subscriber(f"{base}/#", session="observer") as sub:
+            got = [json.loads((await sub.wait_for(on("/detection"))).payload)["id"] for _ in sent]
+    assert got == sent
+    assert any(m.topic.value.endswith("/status") and m.payload == b"online" for m in sub.messages)
+
+
+async def test_broker_restart_redelivers_and_republishes_state(
+    mosquitto_restartable: Mosquitto, mqtt_base_topic: str
+) -> None:
+    broker, base = mosquitto_restartable, mqtt_base_topic
+    link = make_link(broker, base)
+    async with running(link):
+        async with broker.subscriber(f"{base}/#", session="observer") as sub:
+            before = link.publish_detection(detection(0))
+            await sub.wait_for(lambda m: on("/detection")(m) and before.id in m.payload.decode())
+            broker.stop()  # clean broker shutdown: sessions saved, clients dropped
+        await wait_until(lambda: not link.connected, what="the link to notice the outage")
+        during = [link.publish_detection(detection(n)).id for n in (1, 2)]
+        assert link.status.queued == 2
+
+        broker.start()
+        await wait_until(lambda: link.status.connects == 2, what="the reconnect")
+        async with broker.subscriber(f"{base}/#", session="observer") as sub:
+            got = [
+                json.loads((await sub.wait_for(detection_in(during))).payload)["id"] for _ in during
+            ]
+        # Live copies (not the broker replaying its retained ones) prove the link
+        # re-published its state; the outbox sends state before queued events.
+        live = [(m.topic.value.rsplit("/", 1)[1], m.payload) for m in sub.messages if not m.retain]
+        assert ("status", b"online") in live
+        assert ("keywords", KEYWORDS.to_json()) in live
+        assert got == during
+
+        # A broker that lost everything gets the retained state back as well.
+        broker.stop()
+        broker.wipe()
+        broker.start()
+        await wait_until(lambda: link.status.connects == 3, what="the second reconnect")
+        await link.flush()
+        async with broker.subscriber(f"{base}/status") as status:
+            online = await status.next()
+        async with broker.subscriber(f"{base}/keywords") as kw:
+            retained = await kw.next()
+    assert (online.payload, online.retain) == (b"online", True)
+    assert retained.retain and KeywordsPayload.from_json(retained.payload) == KEYWORDS
+
+
+async def test_detection_without_puback_is_resent(
+    mosquitto_restartable: Mosquitto, mqtt_base_topic: str
+) -> None:
+    """Sent while connected, never acknowledged, broker died: the link sends it again."""
+    broker, base = mosquitto_restartable, mqtt_base_topic
+    await create_session(broker, base)
+    link = make_link(broker, base, timeout_seconds=0.5)
+    async with running(link):
+        await link.flush()
+        broker.save()  # the observer's session survives the kill below
+        broker.freeze()  # the TCP connection stays up, the broker never answers
+        try:
+            sent = link.publish_detection(detection(7))
+            await wait_until(lambda: not link.connected, what="the PUBACK timeout")
+            assert link.status.queued == 1
+        finally:
+            broker.kill()  # whatever reached its socket dies with it
+        broker.start()
+        await wait_until(lambda: link.connected and link.status.queued == 0, what="the resend")
+    async with broker.subscriber(f"{base}/#", session="observer") as sub:
+        message = await sub.wait_for(on("/detection"))
+    assert json.loads(message.payload)["id"] == sent.id
+
+
+async def test_outbox_overflow_drops_oldest_and_counts(
+    mosquitto_restartable: Mosquitto, mqtt_base_topic: str
+) -> None:
+    broker, base = mosquitto_restartable, mqtt_base_topic
+    await create_session(broker, base)
+    broker.stop()
+    link = make_link(broker, base, outbox_size=3)
+    async with running(link, connect=False):
+        sent = [link.publish_detection(detection(n)).id for n in range(5)]
+        assert (link.status.queued, link.status.dropped) == (3, 2)
+        broker.start()
+        await wait_until(lambda: link.connected and link.status.queued == 0, what="delivery")
+        async with broker.subscriber(f"{base}/#", session="observer") as sub:
+            got = [
+                json.loads((await sub.wait_for(on("/detection"))).payload)["id"] for _ in range(3)
+            ]
+            await broker.publish(f"{base}/detection", b"probe")
+            assert (await sub.wait_for(on("/detection"))).payload == b"probe"  # nothing more
+    assert got == sent[2:]
+    assert (link.status.dropped, link.status.delivered) == (2, 3)
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from kwsd.mqtt import MqttLink, MqttOptions
+
+    async def main() -> None:
+        options = MqttOptions(host="127.0.0.1", port=int(sys.argv[1]), base_topic=sys.argv[2])
+        link = MqttLink(options, site="kitchen", model="m")
+        task = asyncio.create_task(link.run())
+        await link.wait_connected()
+        await link.flush()
+        print("connected", flush=True)
+        await task
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_last_will_offline_when_the_process_is_killed(
+    mosquitto: Mosquitto, mqtt_base_topic: str
+) -> None:
+    status = f"{mqtt_base_topic}/status"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, str(mosquitto.port), mqtt_base_topic,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        async with asyncio.timeout(20):  # its log lines come first
+            while (line := await child.stdout.readline()) != b"connected\n":
+                assert line, "the child exited before connecting"
+        async with mosquitto.subscriber(status) as sub:
+            assert (await sub.next()).payload == b"online"
+            child.kill()  # SIGKILL: no DISCONNECT, the broker sees the socket die
+            await child.wait()
+            will = await sub.next()
+        assert will.payload == b"offline"
+        async with mosquitto.subscriber(status) as late:
+            retained = await late.next()
+        assert (retained.payload, retained.retain) == (b"offline", True)
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
