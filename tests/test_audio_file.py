@@ -16,6 +16,7 @@ import soxr
 from kwsd.audio import BoundedAudioQueue, open_source
 from kwsd.audio.base import SAMPLE_RATE, AudioBlock, AudioOptions
 from kwsd.audio.file import FileSource
+from kwsd.config import AudioSettings
 from kwsd.errors import AudioError
 
 
@@ -234,3 +235,13 @@ def test_open_source_from_settings_object(speech_22k: Path) -> None:
     source = open_source(Settings())
     assert isinstance(source, FileSource)
     assert source.options.loop and source.options.block_ms == 50 and not source.live
+
+
+def test_open_source_from_kwsd_audio_settings(speech_22k: Path) -> None:
+    """The daemon's real settings model maps onto the sources' options."""
+    settings = AudioSettings(source="file", file=speech_22k, realtime=False, block_ms=20)
+    source = open_source(settings)
+    assert isinstance(source, FileSource)
+    assert source.options.block_ms == 20 and source.options.file == speech_22k
+    mic = AudioOptions.from_settings(AudioSettings(device="2", channel=1, sample_rate=48000))
+    assert (mic.source, mic.device, mic.channel, mic.sample_rate) == ("mic", 2, 1, 48000)

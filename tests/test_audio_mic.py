@@ -21,6 +21,7 @@ import itertools
 import json
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -46,7 +47,7 @@ from kwsd.audio.queue import BoundedAudioQueue
 from kwsd.audio.silence import mic_silence_hint
 from kwsd.cli import COMMAND_MODULES
 from kwsd.cli import devices as devices_cli
-from kwsd.errors import AudioError
+from kwsd.errors import AudioError, ExitCode
 
 ALSA_CONF = Path("/usr/share/alsa/alsa.conf")
 PIPE_BYTES = 1 << 20  # default /proc/sys/fs/pipe-max-size
@@ -555,3 +556,51 @@ async def test_device_failing_mid_stream_is_reopened(
     got = np.trim_zeros(np.concatenate([b.samples for b in blocks]), "f")
     m = len(speech16) - 800
     np.testing.assert_array_equal(got[:m], speech16[:m])  # the replugged device's audio, intact
+
+
+DEVICES_MAIN = (
+    "import sys, kwsd.cli as cli\n"
+    "cli.COMMAND_MODULES = ('kwsd.cli.devices',)  # only this command, through the real main()\n"
+    "sys.exit(cli.main(['devices']))\n"
+)
+
+
+def portaudio_library() -> Path:
+    listing = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True)
+    for line in listing.stdout.splitlines():
+        if "libportaudio.so.2" in line and "=>" in line:
+            return Path(line.split("=>")[1].strip()).resolve()
+    pytest.fail("libportaudio2 is not installed (apt install libportaudio2)")
+
+
+def test_devices_command_through_main(alsa: FifoCaptureDevices) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", DEVICES_MAIN],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ},  # carries ALSA_CONFIG_PATH to the FIFO devices
+    )
+    assert result.returncode == 0, result.stderr
+    assert "kwsd_usb_mic" in result.stdout
+
+
+def test_devices_command_without_portaudio_library() -> None:
+    """libportaudio2 made unloadable in a private mount namespace (the real file, hidden)."""
+    library = portaudio_library()
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a mount namespace here: {probe.stderr.decode().strip()}")
+    script = f'mount --bind /dev/null {library} && exec {sys.executable} -c "$0"'
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, DEVICES_MAIN],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == int(ExitCode.AUDIO), result.stderr
+    assert result.stderr.startswith("kwsd: error: cannot load the PortAudio library")
+    assert "apt install libportaudio2" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -11,7 +11,10 @@ The daemon wires one source into one `BoundedAudioQueue`:
 
 from kwsd.audio.base import SAMPLE_RATE, AudioBlock, AudioOptions, AudioSource
 from kwsd.audio.factory import open_source
+from kwsd.audio.file import FileSource, read_audio
+from kwsd.audio.mic import MicSource
 from kwsd.audio.queue import BoundedAudioQueue, QueueClosedError
+from kwsd.audio.stdin import StdinSource
 
 __all__ = [
     "SAMPLE_RATE",
@@ -19,6 +22,10 @@ __all__ = [
     "AudioOptions",
     "AudioSource",
     "BoundedAudioQueue",
+    "FileSource",
+    "MicSource",
     "QueueClosedError",
+    "StdinSource",
     "open_source",
+    "read_audio",
 ]

@@ -16,7 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from kwsd.audio.base import SAMPLE_RATE, AudioOptions, FloatArray, StreamClock
-from kwsd.audio.convert import Converter, check_channel
+from kwsd.audio.convert import Converter, check_channel, resample, to_mono
 from kwsd.audio.queue import BoundedAudioQueue
 from kwsd.audio.silence import SilenceWatchdog
 from kwsd.errors import AudioError
@@ -124,3 +124,14 @@ class FileSource:
             out.put_nowait(block)
         else:
             await out.put(block)
+
+
+def read_audio(path: Path, channel: int | None = None) -> FloatArray:
+    """A whole file as float32 16 kHz mono: what `kwsd detect` and `kwsd eval` decode."""
+    probe_file(path)
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"cannot read audio file {path}: {exc}") from exc
+    check_channel(channel, data.shape[1], str(path))
+    return resample(to_mono(data, channel), int(rate))

@@ -248,8 +248,7 @@ class MicSource:
             )
         except (sd.PortAudioError, ValueError) as exc:
             raise AudioError(f"cannot open input device {plan.describe()}: {exc}") from exc
-        # Set before start(): the first callbacks are processed on the loop only after
-        # this function returns, so they always see the new converter.
+        # Set before start(): callbacks reach the loop as soon as the stream runs.
         self._converter = converter
         self.plan = plan
         self._last_audio_at = time.monotonic()

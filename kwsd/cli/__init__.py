@@ -17,12 +17,15 @@ from kwsd.errors import ExitCode, KwsdError
 
 # Sub-command modules, in the order `kwsd --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "kwsd.cli.run",
     "kwsd.cli.detect",
     "kwsd.cli.keywords",
     "kwsd.cli.models",
     "kwsd.cli.service",
     "kwsd.cli.config",
     "kwsd.cli.devices",
+    "kwsd.cli.eval",
+    "kwsd.cli.wyoming",
 )
 
 

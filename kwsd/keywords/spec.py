@@ -39,7 +39,5 @@ class KeywordSpec(BaseModel):
     @model_validator(mode="after")
     def _needs_phrase_or_pieces(self) -> KeywordSpec:
         if not (self.phrase and self.phrase.strip()) and not self.pieces:
-            raise ValueError(
-                "a keyword needs a non-empty `phrase` (e.g. \"LIGHT UP\") or `pieces`"
-            )
+            raise ValueError('a keyword needs a non-empty `phrase` (e.g. "LIGHT UP") or `pieces`')
         return self

@@ -1,0 +1,119 @@
+"""ONNX Runtime backend.
+
+Everything about the encoder's streaming state is read from the model itself (input
+names, shapes, dtypes, metadata), so the same code runs the real Zipformer2 export,
+the synthetic signature model and the GRU stand-in without special cases.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from kwsd.backends.base import ChunkSpec, EncoderState, FloatArray, IntArray, ModelDefaults
+from kwsd.errors import ModelError
+
+_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float16)": np.float16,
+}
+
+
+def _session(path: Path, num_threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = num_threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise ModelError(
+            f"cannot load {path}: {exc}. The file is missing or damaged: run "
+            "`kwsd models verify` and `kwsd models pull --force`"
+        ) from exc
+
+
+def _zeros(arg: Any) -> np.ndarray[Any, Any]:
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in arg.shape]
+    dtype = _DTYPES.get(arg.type)
+    if dtype is None:
+        raise ModelError(f"encoder input {arg.name!r} has unsupported type {arg.type}")
+    return np.zeros(shape, dtype=dtype)
+
+
+class OnnxBackend:
+    name = "onnx"
+
+    def __init__(
+        self,
+        encoder: Path,
+        decoder: Path,
+        joiner: Path,
+        *,
+        num_threads: int = 1,
+        defaults: ModelDefaults | None = None,
+    ) -> None:
+        self.encoder_path = encoder
+        self._enc = _session(encoder, num_threads)
+        self._dec = _session(decoder, num_threads)
+        self._join = _session(joiner, num_threads)
+        self.defaults = defaults or ModelDefaults()
+
+        inputs = {i.name: i for i in self._enc.get_inputs()}
+        outputs = [o.name for o in self._enc.get_outputs()]
+        if "x" not in inputs or "encoder_out" not in outputs:
+            raise ModelError(
+                f"{encoder} is not a streaming KWS encoder (needs input `x` and output "
+                f"`encoder_out`; has inputs {sorted(inputs)})"
+            )
+        self._state_names = [n for n in inputs if n != "x"]
+        missing = [n for n in self._state_names if f"new_{n}" not in outputs]
+        if missing:
+            raise ModelError(f"{encoder}: state inputs without a new_<name> output: {missing}")
+        self._state_inputs = [inputs[n] for n in self._state_names]
+        self._outputs = ["encoder_out", *(f"new_{n}" for n in self._state_names)]
+
+        meta = self._enc.get_modelmeta().custom_metadata_map
+        frames_in = int(
+            meta.get("T", inputs["x"].shape[1] if isinstance(inputs["x"].shape[1], int) else 45)
+        )
+        shift = int(meta.get("decode_chunk_len", 32))
+        out_shape = self._enc.get_outputs()[0].shape
+        frames_out = out_shape[1] if isinstance(out_shape[1], int) else shift // 4
+        self.chunk = ChunkSpec(
+            frames_in=frames_in,
+            frames_shift=shift,
+            frames_out=frames_out,
+            frame_seconds=shift * 0.01 / frames_out,
+        )
+        self.metadata = dict(meta)
+
+        dec_meta = self._dec.get_modelmeta().custom_metadata_map
+        self.context_size = int(dec_meta.get("context_size", 2))
+        self.vocab_size = int(dec_meta.get("vocab_size", self._join.get_outputs()[0].shape[1]))
+        self.joiner_dim = int(self._join.get_inputs()[0].shape[1])
+        self.blank_id = 0
+        self._dec_in = self._dec.get_inputs()[0].name
+        self._join_in = [i.name for i in self._join.get_inputs()]
+
+    def init_state(self) -> EncoderState:
+        return {arg.name: _zeros(arg) for arg in self._state_inputs}
+
+    def run_chunk(self, feats: FloatArray, state: EncoderState) -> tuple[FloatArray, EncoderState]:
+        feed = dict(state)
+        feed["x"] = np.ascontiguousarray(feats[None], dtype=np.float32)
+        out = self._enc.run(self._outputs, feed)
+        return out[0][0], dict(zip(self._state_names, out[1:], strict=True))
+
+    def decode(self, contexts: IntArray) -> FloatArray:
+        out: FloatArray = self._dec.run(None, {self._dec_in: contexts.astype(np.int64)})[0]
+        return out
+
+    def join(self, enc: FloatArray, dec: FloatArray) -> FloatArray:
+        out: FloatArray = self._join.run(None, {self._join_in[0]: enc, self._join_in[1]: dec})[0]
+        return out

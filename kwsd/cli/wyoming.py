@@ -1,0 +1,92 @@
+"""`kwsd wyoming`: serve the configured keywords as Wyoming wake words (Home Assistant).
+
+A standalone server for users who only want kwsd as Assist's wake-word engine; the
+daemon (`kwsd run`) serves the same protocol beside MQTT when `wyoming.enabled` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+from kwsd import __version__
+from kwsd.cli.common import (
+    add_keyword_args,
+    add_model_args,
+    keyword_specs,
+    search_options,
+    settings_for,
+)
+from kwsd.errors import KeywordError
+from kwsd.model.loaded import load_model
+from kwsd.wyoming.server import WyomingServer, parse_uri
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "wyoming",
+        help="serve keywords as Wyoming wake words (Home Assistant Assist)",
+        description="Run a Wyoming wake-word server: Home Assistant (Settings → Devices & "
+        "services → Add integration → Wyoming Protocol, host and port of this machine) "
+        "then offers every keyword as a wake word.",
+    )
+    p.add_argument(
+        "--uri",
+        help="where to listen: tcp://HOST:PORT or unix:///path "
+        "(default: wyoming.uri, tcp://0.0.0.0:10400)",
+    )
+    p.add_argument(
+        "--refractory",
+        type=float,
+        metavar="SECONDS",
+        help="ignore repeats of a keyword within this time (default: search.refractory_seconds)",
+    )
+    add_keyword_args(p)
+    add_model_args(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = settings_for(args, wyoming__uri=args.uri, search__refractory_seconds=args.refractory)
+    parse_uri(settings.wyoming.uri)  # a bad uri fails before the model loads
+    specs = keyword_specs(args, settings)
+    if not specs:
+        raise KeywordError(
+            "no keywords: pass --keywords PHRASE, --keywords-file F, or set keywords.phrases "
+            "in config.toml"
+        )
+    model = load_model(settings)
+    keywords = model.compile(
+        specs, boost=settings.search.boost, threshold=settings.search.threshold
+    )
+    for warning in keywords.warnings:
+        print(f"kwsd: warning: {warning}", file=sys.stderr)
+    server = WyomingServer.for_backend(
+        model.backend,
+        lambda: keywords,
+        search_options(settings),
+        version=__version__,
+        refractory_seconds=settings.search.refractory_seconds,
+    )
+    asyncio.run(_serve(server, settings.wyoming.uri))
+    return 0
+
+
+async def _serve(server: WyomingServer, uri: str) -> None:
+    await server.start(uri)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    serving = asyncio.create_task(server.serve_forever())
+    try:
+        await stop.wait()
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        await server.close()

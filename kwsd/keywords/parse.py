@@ -1,0 +1,100 @@
+"""Reading keyword lists written as text: sherpa keyword-file lines or plain phrases."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
+
+from kwsd.errors import KeywordError
+from kwsd.keywords.spec import KeywordSpec
+
+_OPTION = re.compile(r"^([:#@])(.*)$")
+_ENTRIES = TypeAdapter(list[KeywordSpec | str])
+
+
+def parse_keyword_line(line: str) -> KeywordSpec:
+    """One line: `▁ L IGHT ▁UP :2.0 #0.25 @LIGHT_UP`, or a plain phrase `light up`.
+
+    A line is taken as BPE pieces when it contains the word-start mark `▁`; otherwise
+    it is an English phrase to be tokenised, which is what most users type.
+    """
+    words: list[str] = []
+    boost: float | None = None
+    threshold: float | None = None
+    display: str | None = None
+    for word in line.split():
+        match = _OPTION.match(word)
+        if match and match.group(2) and len(word) > 1:
+            kind, value = match.groups()
+            try:
+                if kind == ":":
+                    boost = float(value)
+                elif kind == "#":
+                    threshold = float(value)
+                else:
+                    display = value or None
+            except ValueError:
+                raise KeywordError(
+                    f"keyword line {line!r}: {word!r} is not a number "
+                    "(`:BOOST` and `#THRESHOLD` take numbers, e.g. `:2.0 #0.25`)"
+                ) from None
+            continue
+        words.append(word)
+    if not words:
+        raise KeywordError(f"keyword line {line!r} has no phrase or pieces")
+    text = " ".join(words)
+    try:
+        if "▁" in text:
+            return KeywordSpec(
+                pieces=tuple(words), boost=boost, threshold=threshold, display=display
+            )
+        return KeywordSpec(phrase=text, boost=boost, threshold=threshold, display=display)
+    except ValidationError as exc:
+        raise KeywordError(f"keyword line {line!r}: {_first_error(exc)}") from None
+
+
+def parse_keyword_lines(text: str) -> list[KeywordSpec]:
+    """A keyword file: one keyword per line; blank lines and lines starting `# ` are skipped."""
+    specs: list[KeywordSpec] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("# ") or line == "#":
+            continue
+        specs.append(parse_keyword_line(line))
+    return specs
+
+
+def parse_keyword_entries(data: object) -> list[KeywordSpec]:
+    """Structured entries (config TOML, JSON, MQTT): strings are phrases, objects are specs."""
+    try:
+        entries = _ENTRIES.validate_python(data)
+    except ValidationError as exc:
+        raise KeywordError(f"invalid keyword entry: {_first_error(exc)}") from None
+    return [KeywordSpec(phrase=e) if isinstance(e, str) else e for e in entries]
+
+
+def load_keyword_file(path: Path) -> list[KeywordSpec]:
+    """A keywords file: `.json` holds a list of entries, anything else is keyword lines."""
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeywordError(f"cannot read keywords file {path}: {exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            return parse_keyword_entries(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise KeywordError(f"keywords file {path} is not valid JSON: {exc}") from None
+    try:
+        return parse_keyword_lines(text)
+    except KeywordError as exc:
+        raise KeywordError(f"{path}: {exc}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg

@@ -1,0 +1,230 @@
+"""The daemon's dataflow: audio queue → engine worker thread → detection queue → sinks.
+
+Only wiring lives here. Feature extraction, the encoder and the keyword search all run
+on one dedicated worker thread (they share per-stream state, and the search is cheap
+next to the encoder, so a second hop would only add latency), which keeps the event
+loop free for MQTT, the health endpoint and signals. The worker hands each block's
+detections back to the loop through a bounded queue drained by the publishing task.
+
+Keyword swaps are requested from the loop and picked up by the worker before its next
+block, so a new list takes effect between chunks: no audio is skipped and the encoder
+keeps its state. Mute and the per-keyword refractory period are applied after the
+search, so audio keeps flowing and the heartbeat keeps beating while muted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import structlog
+
+from kwsd.audio.base import AudioBlock, FloatArray
+from kwsd.audio.queue import BoundedAudioQueue
+from kwsd.detection import Detection
+from kwsd.integrations.refractory import Refractory
+from kwsd.keywords import KeywordSet
+from kwsd.metrics import Metrics
+from kwsd.service.heartbeat import Heartbeat
+
+log = structlog.get_logger("kwsd.pipeline")
+
+CHUNK_AUDIO_SECONDS: Final = 0.32  # audio per encoder chunk (8 frames of 40 ms)
+DETECTION_QUEUE_SIZE: Final = 256
+_SAMPLES_PER_FRAME: Final = 640  # 40 ms encoder frames at 16 kHz
+
+
+class FrontendLike(Protocol):
+    """`kwsd.engine.Frontend`: samples in, encoder chunks out."""
+
+    def accept(self, samples: FloatArray) -> Sequence[FloatArray]: ...
+
+    def flush(self) -> Sequence[FloatArray]: ...
+
+    def reset(self) -> None: ...
+
+
+class SearchLike(Protocol):
+    """`kwsd.search.KeywordSearch`: encoder frames in, detections out."""
+
+    frame: int
+
+    def step(self, enc: FloatArray) -> list[Detection]: ...
+
+    def set_keywords(self, keywords: KeywordSet) -> None: ...
+
+    def reset(self) -> None: ...
+
+
+DetectionSink = Callable[[Detection], None]
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    """Counters for logs and tests (written by the worker, read anywhere)."""
+
+    blocks: int = 0
+    chunks: int = 0
+    detections: int = 0
+    muted_dropped: int = 0
+    refractory_dropped: int = 0
+    queue_dropped: int = 0
+    keyword_versions: list[int] = field(default_factory=list)
+
+
+class Pipeline:
+    """Runs one audio stream through the engine and hands detections to a sink."""
+
+    def __init__(
+        self,
+        frontend: FrontendLike,
+        search: SearchLike,
+        *,
+        heartbeat: Heartbeat,
+        metrics: Metrics | None = None,
+        refractory_seconds: float = 1.0,
+    ) -> None:
+        self.frontend = frontend
+        self.search = search
+        self.heartbeat = heartbeat
+        self.metrics = metrics
+        self.refractory = Refractory(refractory_seconds)
+        self.stats = PipelineStats()
+        # Set on the loop (a mute listener), read by the worker between blocks.
+        self.muted = False
+        self._pending: KeywordSet | None = None
+        self._pending_lock = threading.Lock()
+        self._compute_s = 0.0  # engine time not yet attributed to a chunk
+        self._reported_drop = 0.0  # seconds of dropped audio already in the metrics
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kwsd-engine")
+        self._detections: asyncio.Queue[Detection | None] = asyncio.Queue(DETECTION_QUEUE_SIZE)
+
+    # ----------------------------------------------------------------- control
+
+    def set_keywords(self, keywords: KeywordSet) -> None:
+        """Use `keywords` from the next block on (any thread; the latest request wins)."""
+        with self._pending_lock:
+            self._pending = keywords
+
+    async def run(self, audio: BoundedAudioQueue, sink: DetectionSink) -> None:
+        """Process blocks until the queue is closed and drained, then flush the tail.
+
+        Returns once every detection reached `sink`. Cancelling stops at once (the
+        block in the worker finishes in the background; its detections are dropped).
+        """
+        publisher = asyncio.create_task(self._publish(sink), name="kwsd-publish")
+        try:
+            await self._infer(audio)
+            await self._detections.put(None)
+            await publisher
+        finally:
+            if not publisher.done():
+                publisher.cancel()
+                await asyncio.gather(publisher, return_exceptions=True)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ stages
+
+    async def _infer(self, audio: BoundedAudioQueue) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            block = await audio.get()
+            if block is None:
+                found = await loop.run_in_executor(self._executor, self._finish)
+                self._deliver(found)
+                return
+            found = await loop.run_in_executor(self._executor, self._process, block)
+            self._deliver(found)
+            if self.metrics is not None:
+                self.metrics.record_dropped(audio.dropped_seconds - self._reported_drop)
+                self._reported_drop = audio.dropped_seconds
+
+    def _deliver(self, found: list[Detection]) -> None:
+        for det in found:
+            try:
+                self._detections.put_nowait(det)
+            except asyncio.QueueFull:
+                # The sinks never block, so this means the loop itself is starved.
+                self._detections.get_nowait()
+                self._detections.put_nowait(det)
+                self.stats.queue_dropped += 1
+                log.warning("detection queue full: dropped the oldest detection")
+
+    async def _publish(self, sink: DetectionSink) -> None:
+        while (det := await self._detections.get()) is not None:
+            try:
+                sink(det)
+            except Exception:
+                log.exception("detection sink failed", keyword=det.keyword)
+
+    # ------------------------------------------------------- worker thread only
+
+    def _process(self, block: AudioBlock) -> list[Detection]:
+        started = time.perf_counter()
+        self._apply_pending()
+        if block.discontinuity:
+            self._restart_at(block)
+        chunks = self.frontend.accept(block.samples)
+        found = self._search(chunks, started)
+        self.stats.blocks += 1
+        return found
+
+    def _finish(self) -> list[Detection]:
+        started = time.perf_counter()
+        self._apply_pending()
+        return self._search(self.frontend.flush(), started)
+
+    def _apply_pending(self) -> None:
+        with self._pending_lock:
+            keywords, self._pending = self._pending, None
+        if keywords is not None:
+            self.search.set_keywords(keywords)
+            self.stats.keyword_versions.append(keywords.version)
+            log.info(
+                "keyword list swapped in",
+                version=keywords.version,
+                keywords=keywords.displays(),
+                at_seconds=round(self.search.frame * 0.04, 2),
+            )
+
+    def _restart_at(self, block: AudioBlock) -> None:
+        """Audio before `block` was lost: no keyword may span the gap; keep stream time."""
+        self.frontend.reset()
+        self.search.reset()
+        self.search.frame = block.start_sample // _SAMPLES_PER_FRAME
+        log.info("audio gap: engine restarted", at_seconds=round(block.start, 2))
+
+    def _search(self, chunks: Sequence[FloatArray], started: float) -> list[Detection]:
+        found: list[Detection] = []
+        for chunk in chunks:
+            for det in self.search.step(chunk):
+                if self._keep(det):
+                    found.append(det)
+        self._compute_s += time.perf_counter() - started
+        if chunks:
+            per_chunk = self._compute_s / len(chunks)
+            self._compute_s = 0.0
+            for _ in chunks:
+                self.stats.chunks += 1
+                if self.metrics is not None:
+                    self.metrics.record_chunk(per_chunk, CHUNK_AUDIO_SECONDS)
+                self.heartbeat.beat()
+        return found
+
+    def _keep(self, det: Detection) -> bool:
+        if self.muted:
+            self.stats.muted_dropped += 1
+            log.info("detection while muted: not published", keyword=det.keyword, start=det.start)
+            return False
+        if not self.refractory.allow(det):
+            self.stats.refractory_dropped += 1
+            log.debug("repeat within the refractory period dropped", keyword=det.keyword)
+            return False
+        self.stats.detections += 1
+        return True
+

@@ -1,0 +1,6 @@
+"""Keyword search: the context graph and the beam search over encoder frames."""
+
+from kwsd.search.beam import KeywordSearch, SearchOptions
+from kwsd.search.graph import ContextGraph, GraphEntry
+
+__all__ = ["ContextGraph", "GraphEntry", "KeywordSearch", "SearchOptions"]

@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kwsd.backends.loader import load_backend
+from kwsd.backends.onnx import OnnxBackend
+from kwsd.engine import Frontend
+from kwsd.errors import ModelError
+from kwsd.model.bundle import open_bundle
+
+
+@pytest.fixture(scope="module")
+def synthetic(assets: Path) -> OnnxBackend:
+    bundle = open_bundle(
+        assets / "model", encoder_override=assets / "synthetic" / "encoder-synthetic.onnx"
+    )
+    backend = load_backend(bundle, "onnx")
+    assert isinstance(backend, OnnxBackend)
+    return backend
+
+
+def test_every_state_is_fed_back(synthetic: OnnxBackend) -> None:
+    state = synthetic.init_state()
+    assert len(state) == 6 * 6 + 2  # six caches per layer, embed_states, processed_lens
+    assert all(not np.any(v) for v in state.values())
+    feats = np.zeros((45, 80), np.float32)
+    for _ in range(3):
+        enc, state = synthetic.run_chunk(feats, state)
+        assert enc.shape == (8, 320)
+    for name, value in state.items():
+        expected = 48 if name == "processed_lens" else 3
+        assert np.all(value == expected), name
+
+
+def test_chunk_spec_read_from_metadata(synthetic: OnnxBackend) -> None:
+    assert (synthetic.chunk.frames_in, synthetic.chunk.frames_shift) == (45, 32)
+    assert synthetic.chunk.frames_out == 8
+    assert synthetic.chunk.frame_seconds == pytest.approx(0.04)
+    assert (synthetic.vocab_size, synthetic.joiner_dim, synthetic.context_size) == (500, 320, 2)
+
+
+def test_frontend_chunk_boundaries(synthetic: OnnxBackend) -> None:
+    """Frame f is final once samples reach 160*f + 280 (centred 400-sample windows);
+    chunk k needs frames [32k, 32k + 45)."""
+    frontend = Frontend(synthetic)
+    ready = [len(frontend.accept(np.zeros(4000, np.float32))) for _ in range(4)]
+    # 24, 49, 74, 99 final frames -> chunk 0 at 49, chunk 1 (77 frames) at 99
+    assert ready == [0, 1, 0, 1]
+    # 0.8 s of padding: (16000 + 12800 + 80) // 160 = 180 frames -> chunks 2, 3, 4
+    assert len(frontend.flush()) == 3
+
+
+def test_decoder_accepts_minus_one_context(synthetic: OnnxBackend) -> None:
+    out = synthetic.decode(np.array([[-1, 0], [5, 6]], np.int64))
+    assert out.shape == (2, 320)
+    logits = synthetic.join(np.zeros((2, 320), np.float32), out)
+    assert logits.shape == (2, 500)
+    assert not np.allclose(logits[0], logits[1])
+
+
+def test_corrupt_encoder_is_a_clear_error(assets: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "encoder.onnx"
+    bad.write_bytes(b"\x08\x07not really an onnx model" * 10)
+    with pytest.raises(ModelError, match=r"encoder\.onnx"):
+        OnnxBackend(
+            bad,
+            assets / "model" / "decoder-epoch-12-avg-2-chunk-16-left-64.onnx",
+            assets / "model" / "joiner-epoch-12-avg-2-chunk-16-left-64.int8.onnx",
+        )
