@@ -56,6 +56,7 @@ log = structlog.get_logger("kwsd.daemon")
 DRAIN_TIMEOUT: Final = 0.8
 MQTT_GOODBYE_TIMEOUT: Final = 1.0
 METRICS_POLL_SECONDS: Final = 1.0
+END_OF_INPUT_FLUSH_TIMEOUT: Final = 10.0
 WATCH_DEBOUNCE_MS: Final = 200
 # Settings a reload applies live; a change anywhere else needs a restart.
 _LIVE_SETTINGS: Final = frozenset(
@@ -249,11 +250,14 @@ class Daemon:
                 # End of input: let the pipeline finish everything that was read.
                 await asyncio.wait({stop, engine}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
+            end_of_input = not self._stop.is_set()
             code = self._capture_result(capture)
             await self._drain(capture, engine, audio)
             if stdout_task is not None:
                 await _cancel(stdout_task)  # writes the lines still queued
             if link_task is not None and self.link is not None:
+                if end_of_input:
+                    await self._deliver_mqtt(self.link)
                 self.link.stop()
                 try:
                     async with asyncio.timeout(MQTT_GOODBYE_TIMEOUT):
@@ -269,6 +273,26 @@ class Daemon:
                 await self.health.close()
         log.info("kwsd stopped", exit_code=code)
         return code
+
+    async def _deliver_mqtt(self, link: MqttLink) -> None:
+        """At the end of a file or stdin, wait (bounded, or until a signal) for the broker
+        to take every detection: a short file may end before the first connection."""
+
+        async def delivered() -> None:
+            await link.wait_connected()
+            await link.flush()
+
+        flush = asyncio.ensure_future(delivered())
+        stop = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait(
+            {flush, stop}, timeout=END_OF_INPUT_FLUSH_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        for future in (flush, stop):
+            await _cancel(future)
+        if flush not in done:
+            log.warning(
+                "exiting with detections not delivered to MQTT", queued=link.status.queued
+            )
 
     async def _capture(self, source: AudioSource, audio: BoundedAudioQueue) -> None:
         try:

@@ -81,7 +81,11 @@ def test_bad_arguments_give_one_line_and_documented_code(
     audio = str(env_assets / "audio" / "light_up.wav")
     argv = [a.replace("{audio}", audio) for a in argv]
     proc = subprocess.run(
-        [sys.executable, "-m", "kwsd", *argv], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "kwsd", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == code, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("kwsd: error")]

@@ -133,7 +133,7 @@ def test_bad_manifests_say_what_is_wrong(tmp_path: Path, content: str, message: 
 def test_bad_duration_is_reported(assets: Path, tmp_path: Path) -> None:
     wav = assets / "audio" / "light_up.wav"
     path = _write(tmp_path / "m.tsv", f"relpath\ttranscript\tduration_s\n{wav}\thi\tlong\n")
-    with pytest.raises(ManifestError, match="m.tsv:2: duration 'long' is not a number"):
+    with pytest.raises(ManifestError, match=r"m\.tsv:2: duration 'long' is not a number"):
         read_manifest(path)
 
 

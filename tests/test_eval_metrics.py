@@ -217,7 +217,16 @@ def test_table_and_json_report() -> None:
     scores = score([LIGHT], manifest, results)
     table = format_table(scores).splitlines()
     assert table[0] == "2 utterances, 60.0 min of audio, 1 containing a keyword"
-    assert table[1].split() == ["KEYWORD", "POS", "HITS", "RECALL", "FA", "FA/UTT", "FA/HOUR", "LATENCY"]
+    assert table[1].split() == [
+        "KEYWORD",
+        "POS",
+        "HITS",
+        "RECALL",
+        "FA",
+        "FA/UTT",
+        "FA/HOUR",
+        "LATENCY",
+    ]
     assert table[3].split() == ["LIGHT_UP", "1", "1", "100.0%", "0", "0.000", "0.00", "250", "ms"]
     assert table[4].split()[0] == "TOTAL"
     data = to_json(scores, manifest="m.tsv", model="m", options={"beam": 4})

@@ -8,8 +8,10 @@ from typing import Any
 
 from kwsd.cli.config import add_config_args, settings_from_args
 from kwsd.config import Settings
-from kwsd.keywords import KeywordSpec, load_keyword_file, parse_keyword_line
+from kwsd.errors import KeywordError
+from kwsd.keywords import KeywordSet, KeywordSpec, load_keyword_file, parse_keyword_line
 from kwsd.log import configure_logging
+from kwsd.model.loaded import LoadedModel, load_model
 from kwsd.search import SearchOptions
 
 
@@ -84,3 +86,21 @@ def search_options(settings: Settings) -> SearchOptions:
         num_trailing_blanks=settings.search.num_trailing_blanks,
         auto_reset_seconds=settings.search.auto_reset_seconds,
     )
+
+
+def load_model_and_keywords(
+    args: argparse.Namespace, missing: str
+) -> tuple[Settings, LoadedModel, KeywordSet]:
+    """Settings, model and compiled keywords for a one-shot command.
+
+    `missing` completes "no keywords: ..." with how this command takes keywords.
+    """
+    settings = settings_for(args)
+    specs = keyword_specs(args, settings)
+    if not specs:
+        raise KeywordError(f"no keywords: {missing}")
+    model = load_model(settings)
+    keywords = model.compile(
+        specs, boost=settings.search.boost, threshold=settings.search.threshold
+    )
+    return settings, model, keywords

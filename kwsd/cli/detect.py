@@ -16,15 +16,13 @@ from kwsd.backends.replay import ReplayBackend, read_frames
 from kwsd.cli.common import (
     add_keyword_args,
     add_model_args,
-    keyword_specs,
+    load_model_and_keywords,
     search_options,
-    settings_for,
 )
 from kwsd.detection import Detection
 from kwsd.engine import Spotter
-from kwsd.errors import KeywordError
 from kwsd.keywords import KeywordSet
-from kwsd.model.loaded import LoadedModel, load_model
+from kwsd.model.loaded import LoadedModel
 from kwsd.search import KeywordSearch
 
 BLOCK_SECONDS = 0.1  # decode files in microphone-sized pieces: the streaming path
@@ -47,13 +45,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> tuple[LoadedModel, KeywordSet, argparse.Namespace]:
-    settings = settings_for(args)
-    specs = keyword_specs(args, settings)
-    if not specs:
-        raise KeywordError("no keywords: pass --keywords PHRASE or --keywords-file F")
-    model = load_model(settings)
-    keywords = model.compile(
-        specs, boost=settings.search.boost, threshold=settings.search.threshold
+    settings, model, keywords = load_model_and_keywords(
+        args, "pass --keywords PHRASE or --keywords-file F"
     )
     for warning in keywords.warnings:
         print(f"kwsd: warning: {warning}", file=sys.stderr)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from kwsd.cli.common import add_keyword_args, add_model_args, keyword_specs, settings_for
-from kwsd.errors import KeywordError
-from kwsd.model.loaded import load_model
+from kwsd.cli.common import add_keyword_args, add_model_args, load_model_and_keywords
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,14 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     args.keywords = [*args.phrases, *args.keywords]
-    settings = settings_for(args)
-    specs = keyword_specs(args, settings)
-    if not specs:
-        raise KeywordError("no keywords to check: pass phrases, --keywords or --keywords-file")
-    model = load_model(settings)
-    keywords = model.compile(
-        specs, boost=settings.search.boost, threshold=settings.search.threshold
-    )
+    _, _, keywords = load_model_and_keywords(args, "pass phrases, --keywords or --keywords-file")
     if args.json:
         print(
             json.dumps(

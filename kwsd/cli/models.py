@@ -174,7 +174,7 @@ def _tree_size(path: Path) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from kwsd.model.download import pull  # noqa: PLC0415 (network stack only for pull)
+    from kwsd.model.download import pull
 
     settings = _settings(args)
     manifest = load_manifest(args.manifest)

@@ -7,12 +7,17 @@
 - `HermesHotword` (hermes.py): the Rhasspy Hermes hotword protocol.
 """
 
+from kwsd.integrations.hermes import HermesHotword, wakeword_id
+from kwsd.integrations.homeassistant import HomeAssistantDiscovery
 from kwsd.integrations.mute import MuteState, MuteWhileTopic, is_truthy
 from kwsd.integrations.refractory import Refractory
 
 __all__ = [
+    "HermesHotword",
+    "HomeAssistantDiscovery",
     "MuteState",
     "MuteWhileTopic",
     "Refractory",
     "is_truthy",
+    "wakeword_id",
 ]
