@@ -253,10 +253,10 @@ def plot_det(
 ) -> None:
     """DET-style plot: false alarms per hour against miss rate, one curve per keyword."""
     try:
-        import matplotlib  # noqa: PLC0415 (optional `eval` extra, loaded only for plots)
+        import matplotlib  # the optional `eval` extra: loaded only when plotting
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt
     except ImportError:
         raise SweepError(
             "--plot needs matplotlib: pip install 'kwsd[eval]' (or leave out --plot)"
