@@ -1,16 +1,11 @@
-"""Decoding-core benchmarks: search per frame, fbank and encoder per chunk, total CPU vs sherpa-onnx.
+"""Decoding-core benchmarks: search per frame, fbank/encoder per chunk, total CPU vs sherpa-onnx.
 
 Run: `python bench/engine.py [--quick]`. Writes its section of docs/benchmarks.md.
-Everything is single-threaded (ONNX Runtime with 1 thread, BLAS pinned to 1 thread),
-as the daemon runs on a Raspberry-Pi-class machine next to other services.
+Everything is single-threaded (ONNX Runtime with 1 thread, as the daemon is configured
+by default): it runs on Raspberry-Pi-class machines next to other services.
 """
 
 from __future__ import annotations
-
-import os
-
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
 
 import argparse
 import subprocess
@@ -25,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     CHUNK_SAMPLES,
     FloatArray,
     Stats,
@@ -37,14 +32,14 @@ from common import (  # noqa: E402
     write_section,
 )
 
-from kwsd.backends.base import Backend  # noqa: E402
-from kwsd.backends.onnx import OnnxBackend  # noqa: E402
-from kwsd.backends.replay import read_frames  # noqa: E402
-from kwsd.engine import Frontend, Spotter  # noqa: E402
-from kwsd.features import Chunker, FbankStream  # noqa: E402
-from kwsd.keywords import KeywordSet, KeywordSpec, Tokenizer, compile_keywords  # noqa: E402
-from kwsd.model.bundle import ModelBundle, assets_bundle  # noqa: E402
-from kwsd.search import KeywordSearch, SearchOptions  # noqa: E402
+from kwsd.backends.base import Backend
+from kwsd.backends.onnx import OnnxBackend
+from kwsd.backends.replay import read_frames
+from kwsd.engine import Frontend, Spotter
+from kwsd.features import Chunker, FbankStream
+from kwsd.keywords import KeywordSet, KeywordSpec, Tokenizer, compile_keywords
+from kwsd.model.bundle import ModelBundle, assets_bundle
+from kwsd.search import KeywordSearch, SearchOptions
 
 ESPEAK_SENTENCES = (
     "good evening everyone, hey computer, turn on the lights in the living room please",
@@ -108,28 +103,30 @@ class SearchResult:
     detections: int
 
 
-def bench_search(setup: Setup, frame_sets: dict[str, FloatArray], repeats: int
-                 ) -> list[SearchResult]:
+def search_pass(search: KeywordSearch, frames: FloatArray) -> tuple[float, int]:
+    """One pass over `frames` in encoder-chunk steps: (ms per frame, detections)."""
+    chunk = search.backend.chunk.frames_out
+    search.reset()
+    found = 0
+    t0 = time.perf_counter()
+    for i in range(0, len(frames), chunk):
+        found += len(search.step(frames[i : i + chunk]))
+    return (time.perf_counter() - t0) * 1e3 / len(frames), found
+
+
+def bench_search(
+    setup: Setup, frame_sets: dict[str, FloatArray], repeats: int
+) -> list[SearchResult]:
     results = []
     for count in KEYWORD_COUNTS:
         ks = keyword_set(setup, count)
         for source, frames in frame_sets.items():
             search = KeywordSearch(setup.standin, ks, SearchOptions(beam=4))
-            chunk = setup.standin.chunk.frames_out
-
-            def one_pass(search: KeywordSearch = search, frames: FloatArray = frames) -> tuple[
-                    float, int]:
-                search.reset()
-                found = 0
-                t0 = time.perf_counter()
-                for i in range(0, len(frames), chunk):
-                    found += len(search.step(frames[i : i + chunk]))
-                return (time.perf_counter() - t0) * 1e3 / len(frames), found
-
-            cold, found = one_pass()
-            per_frame = [one_pass()[0] for _ in range(repeats)]
-            results.append(SearchResult(source, len(ks), len(frames), cold,
-                                        Stats.of(per_frame), found))
+            cold, found = search_pass(search, frames)
+            per_frame = [search_pass(search, frames)[0] for _ in range(repeats)]
+            results.append(
+                SearchResult(source, len(ks), len(frames), cold, Stats.of(per_frame), found)
+            )
     return results
 
 
@@ -181,14 +178,21 @@ class SherpaPeer:
         import sherpa_onnx
 
         kw_file = workdir / f"keywords-{len(ks)}.txt"
-        kw_file.write_text("".join(
-            f"{' '.join(k.pieces)} @{k.display.replace(' ', '_')}\n" for k in ks.keywords))
+        kw_file.write_text(
+            "".join(f"{' '.join(k.pieces)} @{k.display.replace(' ', '_')}\n" for k in ks.keywords)
+        )
         defaults = setup.standin.defaults
         self.spotter = sherpa_onnx.KeywordSpotter(
-            tokens=str(setup.bundle.tokens), encoder=str(encoder),
-            decoder=str(setup.bundle.decoder), joiner=str(setup.bundle.joiner),
-            keywords_file=str(kw_file), num_threads=1, provider="cpu", max_active_paths=4,
-            keywords_score=defaults.boost, keywords_threshold=defaults.threshold,
+            tokens=str(setup.bundle.tokens),
+            encoder=str(encoder),
+            decoder=str(setup.bundle.decoder),
+            joiner=str(setup.bundle.joiner),
+            keywords_file=str(kw_file),
+            num_threads=1,
+            provider="cpu",
+            max_active_paths=4,
+            keywords_score=defaults.boost,
+            keywords_threshold=defaults.threshold,
             num_trailing_blanks=defaults.num_trailing_blanks,
         )
 
@@ -246,19 +250,35 @@ def bench_total(setup: Setup, repeats: int, counts: Sequence[int]) -> list[Total
                 s, s_found = peer.run(setup.speech)
                 k_runs.append(k * 1e3 / audio_s)
                 s_runs.append(s * 1e3 / audio_s)
-            results.append(TotalResult(
-                "synthetic encoder (zipformer2 signature), corpus speech", len(ks), audio_s,
-                Stats.of(k_runs), Stats.of(s_runs),
-                Stats.of([a / b for a, b in zip(k_runs, s_runs, strict=True)]),
-                k_found, s_found))
+            results.append(
+                TotalResult(
+                    "synthetic encoder (zipformer2 signature), corpus speech",
+                    len(ks),
+                    audio_s,
+                    Stats.of(k_runs),
+                    Stats.of(s_runs),
+                    Stats.of([a / b for a, b in zip(k_runs, s_runs, strict=True)]),
+                    k_found,
+                    s_found,
+                )
+            )
             # Stand-in encoder: kwsd only (sherpa-onnx cannot load a GRU encoder).
             # Stand-in encoder on espeak-ng speech, which it recognises: kwsd only, as
             # sherpa-onnx cannot load a GRU encoder.
             espeak_s = len(setup.espeak) / 16000
             st = [cpu_kwsd(setup.standin, ks, setup.espeak) for _ in range(max(2, repeats // 2))]
-            results.append(TotalResult(
-                "stand-in encoder (GRU), espeak-ng speech", len(ks), espeak_s,
-                Stats.of([c * 1e3 / espeak_s for c, _ in st]), None, None, st[-1][1], None))
+            results.append(
+                TotalResult(
+                    "stand-in encoder (GRU), espeak-ng speech",
+                    len(ks),
+                    espeak_s,
+                    Stats.of([c * 1e3 / espeak_s for c, _ in st]),
+                    None,
+                    None,
+                    st[-1][1],
+                    None,
+                )
+            )
     return results
 
 
@@ -277,13 +297,26 @@ def sherpa_loads_standin(setup: Setup) -> str:
         )
         b = setup.bundle
         proc = subprocess.run(
-            [sys.executable, "-c", code, str(b.tokens), str(b.encoder), str(b.decoder),
-             str(b.joiner), str(kw)], capture_output=True, text=True, timeout=60, check=False)
+            [
+                sys.executable,
+                "-c",
+                code,
+                str(b.tokens),
+                str(b.encoder),
+                str(b.decoder),
+                str(b.joiner),
+                str(kw),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     if proc.returncode == 0 and "loaded" in proc.stdout:
         return "yes"
     errors = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     last = errors[0].rsplit(" ", 4)[-4:] if errors else [f"exit {proc.returncode}"]
-    return f"no (it exits with \"{' '.join(last)}\")"
+    return f'no (it exits with "{" ".join(last)}")'
 
 
 # -- report --------------------------------------------------------------------------
@@ -295,29 +328,42 @@ def verdict(ok: bool) -> str:
     return "meets" if ok else "**misses**"
 
 
-def report(setup: Setup, quick: bool, search: list[SearchResult], fbank: Stats,
-           encoders: dict[str, Stats], totals: list[TotalResult], standin_note: str,
-           elapsed: float) -> str:
+def report(
+    setup: Setup,
+    quick: bool,
+    search: list[SearchResult],
+    fbank: Stats,
+    encoders: dict[str, Stats],
+    totals: list[TotalResult],
+    standin_note: str,
+    elapsed: float,
+) -> str:
     lines = ["## Decoding core (`bench/engine.py`)", ""]
-    lines.append(f"Run {'with `--quick`' if quick else 'in full'} in {elapsed:.0f} s; "
-                 "one thread everywhere (ONNX Runtime `num_threads=1`, BLAS 1 thread). "
-                 "Medians and 90th percentiles over repeated runs.")
+    lines.append(
+        f"Run {'with `--quick`' if quick else 'in full'} in {elapsed:.0f} s; "
+        "one thread (ONNX Runtime `num_threads=1`, sherpa-onnx `num_threads=1`). "
+        "Medians and 90th percentiles over repeated runs."
+    )
     lines += ["", machine_table(), ""]
     lines += [
-        "### Keyword search per encoder frame (beam 4)", "",
+        "### Keyword search per encoder frame (beam 4)",
+        "",
         "Keywords are distinct 2–3 word phrases cut from the real corpus transcripts "
         "(plus LIGHT UP and HEY COMPUTER), default boost/threshold. Frames: the real "
         "encoder's output for `light_up.wav` (the fixture) and the stand-in encoder's "
         "output for espeak-ng sentences. *Cold* is the first pass over the frames with an "
         "empty decoder-output cache; *warm* passes reuse the cache, as a long-running "
-        "stream does. One frame is 40 ms of audio.", "",
+        "stream does. One frame is 40 ms of audio.",
+        "",
         "| frames | keywords | frames/pass | cold ms/frame | warm median ms/frame | "
         "warm p90 ms/frame | detections/pass |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in search:
-        lines.append(f"| {r.source} | {r.keywords} | {r.frames} | {fmt(r.cold_ms)} | "
-                     f"{fmt(r.warm.median)} | {fmt(r.warm.p90)} | {r.detections} |")
+        lines.append(
+            f"| {r.source} | {r.keywords} | {r.frames} | {fmt(r.cold_ms)} | "
+            f"{fmt(r.warm.median)} | {fmt(r.warm.p90)} | {r.detections} |"
+        )
     lines.append("")
     for source in dict.fromkeys(r.source for r in search):
         by = {r.keywords: r for r in search if r.source == source}
@@ -327,10 +373,14 @@ def report(setup: Setup, quick: bool, search: list[SearchResult], fbank: Stats,
             f"- {source}: {mid.keywords} keywords {fmt(mid.warm.median)} ms/frame "
             f"(target ≤ {TARGET_SEARCH_MS}: {verdict(mid.warm.median <= TARGET_SEARCH_MS)}); "
             f"{big.keywords} keywords {ratio:.2f}× that (target ≤ 1.5×: "
-            f"{verdict(ratio <= 1.5)}).")
+            f"{verdict(ratio <= 1.5)})."
+        )
     lines += [
-        "", "### Features and encoder per 320 ms chunk", "",
-        "| stage | median ms | p90 ms | calls | target |", "|---|---:|---:|---:|---|",
+        "",
+        "### Features and encoder per 320 ms chunk",
+        "",
+        "| stage | median ms | p90 ms | calls | target |",
+        "|---|---:|---:|---:|---|",
         f"| fbank + chunker (real speech, 5,120-sample blocks) | {fmt(fbank.median)} | "
         f"{fmt(fbank.p90)} | {fbank.n} | ≤ 0.5 ms: {verdict(fbank.median <= 0.5)} |",
     ]
@@ -341,7 +391,9 @@ def report(setup: Setup, quick: bool, search: list[SearchResult], fbank: Stats,
         "The real Zipformer2 encoder is not available on this machine, so its cost is not "
         "measured here; the stand-in (GRU, 4.7 M parameters) and the synthetic encoder "
         "(real I/O signature, trivial weights) bracket the cost of everything around it.",
-        "", "### Total CPU per audio second: kwsd vs sherpa-onnx `KeywordSpotter`", "",
+        "",
+        "### Total CPU per audio second: kwsd vs sherpa-onnx `KeywordSpotter`",
+        "",
         f"{setup.speech.size / 16000:.0f} s of concatenated real corpus speech fed in 320 ms "
         "blocks, plus 0.8 s tail padding; process CPU time (`time.process_time`) of the "
         "decoding only (model loading excluded); kwsd and sherpa-onnx runs interleaved. Both "
@@ -350,7 +402,8 @@ def report(setup: Setup, quick: bool, search: list[SearchResult], fbank: Stats,
         f"1 thread. sherpa-onnx loads the stand-in encoder: {standin_note}, so the peer "
         "comparison uses the synthetic encoder; the encoder's cost is therefore small and "
         "the ratio compares everything around it (features, search, decoder/joiner calls). "
-        "The synthetic encoder recognises nothing, so the search sees noise-like frames.", "",
+        "The synthetic encoder recognises nothing, so the search sees noise-like frames.",
+        "",
         "| encoder, audio | keywords | kwsd median ms CPU/s | kwsd p90 | sherpa-onnx median | "
         "sherpa p90 | kwsd/sherpa median (p90) | detections kwsd / sherpa |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -361,17 +414,23 @@ def report(setup: Setup, quick: bool, search: list[SearchResult], fbank: Stats,
                 f"| {t.label} | {t.keywords} | {fmt(t.kwsd.median, 2)} | {fmt(t.kwsd.p90, 2)} | "
                 f"{fmt(t.sherpa.median, 2)} | {fmt(t.sherpa.p90, 2)} | "
                 f"{t.ratio.median:.2f}× ({t.ratio.p90:.2f}×) | {t.kwsd_found} / "
-                f"{t.sherpa_found} |")
+                f"{t.sherpa_found} |"
+            )
         else:
-            lines.append(f"| {t.label} | {t.keywords} | {fmt(t.kwsd.median, 2)} | "
-                         f"{fmt(t.kwsd.p90, 2)} | – | – | – | {t.kwsd_found} / – |")
+            lines.append(
+                f"| {t.label} | {t.keywords} | {fmt(t.kwsd.median, 2)} | "
+                f"{fmt(t.kwsd.p90, 2)} | – | – | – | {t.kwsd_found} / – |"
+            )
     lines.append("")
     for t in totals:
         if t.ratio is not None:
-            lines.append(f"- {t.keywords} keywords: kwsd/sherpa-onnx = {t.ratio.median:.2f}× "
-                         f"(target ≤ 1.2×: {verdict(t.ratio.median <= 1.2)}); RTF kwsd "
-                         f"{t.kwsd.median / 1000:.4f}, sherpa-onnx {t.sherpa.median / 1000:.4f}"
-                         if t.sherpa else "")
+            lines.append(
+                f"- {t.keywords} keywords: kwsd/sherpa-onnx = {t.ratio.median:.2f}× "
+                f"(target ≤ 1.2×: {verdict(t.ratio.median <= 1.2)}); RTF kwsd "
+                f"{t.kwsd.median / 1000:.4f}, sherpa-onnx {t.sherpa.median / 1000:.4f}"
+                if t.sherpa
+                else ""
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -390,7 +449,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = prepare(quick)
     frame_sets = {
         "real encoder (light_up fixture)": read_frames(
-            setup.assets / "fixtures" / "ref_encoder_light_up.bin"),
+            setup.assets / "fixtures" / "ref_encoder_light_up.bin"
+        ),
         "stand-in encoder on espeak-ng": encode_all(setup.standin, setup.espeak),
     }
     step("search per frame")
@@ -400,15 +460,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     step("encoders")
     encoders = {
         "stand-in (GRU)": bench_encoder(setup.standin, setup.speech, 1 if quick else 3),
-        "synthetic (zipformer2 I/O)": bench_encoder(setup.synthetic, setup.speech,
-                                                    1 if quick else 3),
+        "synthetic (zipformer2 I/O)": bench_encoder(
+            setup.synthetic, setup.speech, 1 if quick else 3
+        ),
     }
     step("sherpa-onnx with the stand-in encoder")
     standin_note = sherpa_loads_standin(setup)
     step("total CPU, kwsd vs sherpa-onnx")
     totals = bench_total(setup, repeats=3 if quick else 9, counts=(10, 250, 2000))
-    text = report(setup, quick, search, fbank, encoders, totals, standin_note,
-                  time.perf_counter() - started)
+    text = report(
+        setup, quick, search, fbank, encoders, totals, standin_note, time.perf_counter() - started
+    )
     print(text)
     if not args.no_write:
         write_section("engine", text)
@@ -418,4 +480,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -26,6 +26,7 @@ from typing import Any, Final, TextIO
 import structlog
 from watchfiles import awatch
 
+from kwsd import __version__
 from kwsd.audio import BoundedAudioQueue, open_source
 from kwsd.audio.base import AudioSource
 from kwsd.backends.base import Backend
@@ -34,6 +35,8 @@ from kwsd.detection import Detection
 from kwsd.engine import Frontend
 from kwsd.errors import KwsdError, ModelMissingError
 from kwsd.health import HealthServer, LinkState, audio_check, health_source, mqtt_check
+from kwsd.integrations.hermes import HermesHotword
+from kwsd.integrations.homeassistant import HomeAssistantDiscovery
 from kwsd.integrations.mute import MuteState, MuteWhileTopic
 from kwsd.log import configure_logging
 from kwsd.metrics import Metrics
@@ -49,6 +52,7 @@ from kwsd.registry import (
 )
 from kwsd.search import KeywordSearch, SearchOptions
 from kwsd.service import Heartbeat, Notifier, ServiceLifecycle, report_missing_model
+from kwsd.wyoming.server import WyomingServer
 
 log = structlog.get_logger("kwsd.daemon")
 
@@ -108,6 +112,9 @@ class Daemon:
         self.link: MqttLink | None = None
         self.stdout_publisher: StdoutPublisher | None = None
         self.health: HealthServer | None = None
+        self.discovery: HomeAssistantDiscovery | None = None
+        self.hermes: HermesHotword | None = None
+        self.wyoming: WyomingServer | None = None
         self.model: LoadedModel | None = None
         self.started = asyncio.Event()  # model loaded, tasks running
         self.reloads = 0  # reloads attempted (SIGHUP or file edits), for tests and logs
@@ -115,6 +122,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._reload_lock = asyncio.Lock()
         self._engine_version = -1  # keyword list version the engine was given last
+        self._outputs_version = -1  # keyword list version announced to integrations last
 
     # ---------------------------------------------------------------- control
 
@@ -176,12 +184,12 @@ class Daemon:
         self._engine_version = registry.version
         self.metrics.watch_heartbeat(self.heartbeat)
         self.metrics.set_build_info(backend=backend.name, model=model.label)
-        self._build_outputs(settings, model)
+        self._build_outputs(settings, model, backend)
         self.mute.add_listener(lambda mute: setattr(pipeline, "muted", mute.muted))
         registry.add_listener(self._keywords_changed)
         return await self._serve(source, pipeline)
 
-    def _build_outputs(self, settings: Settings, model: LoadedModel) -> None:
+    def _build_outputs(self, settings: Settings, model: LoadedModel, backend: Backend) -> None:
         if settings.mqtt.host:
             options = MqttOptions.from_settings(settings.mqtt)
             # Leave room in the 2 s stop budget for draining the pipeline first.
@@ -196,19 +204,37 @@ class Daemon:
             )
             if settings.mute.mute_while_topic:
                 MuteWhileTopic(self.link, settings.mute.mute_while_topic, self.mute)
+            if settings.homeassistant.discovery:
+                self.discovery = HomeAssistantDiscovery(
+                    self.link, settings.homeassistant, settings.site_id, __version__, mute=self.mute
+                )
+            if settings.hermes.enabled:
+                self.hermes = HermesHotword(
+                    self.link, settings.hermes.site_id, self.mute, model_version=model.label
+                )
             log.info("detections go to MQTT", broker=options.address, base_topic=options.base_topic)
         else:
             self.stdout_publisher = StdoutPublisher(
                 site=settings.site_id, model=model.label, stream=self._stdout
             )
             log.info("no MQTT broker configured (mqtt.host): detections go to stdout")
+        if settings.wyoming.enabled:
+            registry = self.registry
+            assert registry is not None
+            self.wyoming = WyomingServer.for_backend(
+                backend,
+                lambda: registry.keyword_set,
+                search_options(settings),
+                version=__version__,
+                refractory_seconds=settings.search.refractory_seconds,
+                mute=self.mute,
+                on_detection=self._on_wyoming_detection,
+            )
         if settings.health.enabled:
             checks = [audio_check(self.heartbeat)]
             link = self.link
             if link is not None:
-                checks.append(
-                    mqtt_check(lambda: LinkState(link.connected, link.status.last_error))
-                )
+                checks.append(mqtt_check(lambda: LinkState(link.connected, link.status.last_error)))
             self.health = HealthServer(
                 health_source(*checks),
                 self.metrics,
@@ -221,6 +247,8 @@ class Daemon:
         audio = BoundedAudioQueue(settings.audio.max_queue_seconds)
         if self.health is not None:
             await self.health.start()
+        if self.wyoming is not None:
+            await self.wyoming.start(settings.wyoming.uri)
         capture = self._spawn(self._capture(source, audio), "kwsd-capture")
         engine = self._spawn(pipeline.run(audio, self._on_detection), "kwsd-pipeline")
         link_task = self._spawn(self.link.run(), "kwsd-mqtt") if self.link else None
@@ -271,6 +299,8 @@ class Daemon:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if self.health is not None:
                 await self.health.close()
+            if self.wyoming is not None:
+                await self.wyoming.close()
         log.info("kwsd stopped", exit_code=code)
         return code
 
@@ -290,9 +320,7 @@ class Daemon:
         for future in (flush, stop):
             await _cancel(future)
         if flush not in done:
-            log.warning(
-                "exiting with detections not delivered to MQTT", queued=link.status.queued
-            )
+            log.warning("exiting with detections not delivered to MQTT", queued=link.status.queued)
 
     async def _capture(self, source: AudioSource, audio: BoundedAudioQueue) -> None:
         try:
@@ -341,18 +369,33 @@ class Daemon:
         )
         self.metrics.record_detection(det.keyword)
         if self.link is not None:
-            self.link.publish_detection(det)
+            payload = self.link.publish_detection(det)
+            if self.discovery is not None:
+                self.discovery.on_detection(det, payload)
+            if self.hermes is not None:
+                self.hermes.on_detection(det)
         if self.stdout_publisher is not None:
             self.stdout_publisher.publish_detection(det)
 
+    def _on_wyoming_detection(self, det: Detection) -> None:
+        log.info("detection", keyword=det.keyword, start=det.start, score=det.score, via="wyoming")
+        self.metrics.record_detection(det.keyword)
+
     def _keywords_changed(self, state: RegistryState) -> None:
-        # Pause/resume also notify; only a new list is handed to the engine.
+        # Pause/resume notify too; only a new list goes to the engine and integrations.
         if self.pipeline is not None and state.version != self._engine_version:
             self._engine_version = state.version
             self.pipeline.set_keywords(state.keyword_set)
-        self.metrics.set_keywords(len(state.keyword_set))
         if self.link is not None:
             self.link.publish_keywords(state.payload())
+        if state.version == self._outputs_version:
+            return
+        self._outputs_version = state.version
+        self.metrics.set_keywords(len(state.keyword_set))
+        if self.discovery is not None:
+            self.discovery.publish(state.keyword_set)
+        if self.hermes is not None:
+            self.hermes.set_keywords(state.keyword_set)
 
     async def _poll_metrics(self) -> None:
         while True:
@@ -365,7 +408,7 @@ class Daemon:
     # --------------------------------------------------------------- reload
 
     def _default_reload(self) -> Settings:
-        from kwsd.config import load_settings  # noqa: PLC0415 (avoid a cycle in tests)
+        from kwsd.config import load_settings
 
         return load_settings(self.settings.config_path)
 

@@ -227,4 +227,3 @@ class Pipeline:
             return False
         self.stats.detections += 1
         return True
-

@@ -450,7 +450,9 @@ class KeywordRegistry:
             self.state_path.unlink(missing_ok=True)
         except OSError as exc:
             log.error(
-                "cannot delete the saved MQTT keyword list", path=str(self.state_path), error=str(exc)
+                "cannot delete the saved MQTT keyword list",
+                path=str(self.state_path),
+                error=str(exc),
             )
 
     def _notify(self) -> None:

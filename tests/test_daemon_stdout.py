@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_daemon_support import (  # noqa: F401  (fixtures)
+from test_daemon_support import (
     espeak,
     json_lines,
     make_settings,
+    make_speech,
     running,
-    speech,
     wait_until,
 )
 
@@ -24,6 +24,11 @@ from kwsd.backends.replay import ReplayBackend, read_frames
 from kwsd.cli import main
 from kwsd.daemon import Daemon
 from kwsd.errors import ExitCode
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_speech(tmp_path_factory)
 
 
 async def test_detections_are_json_lines_on_stdout(

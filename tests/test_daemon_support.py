@@ -25,9 +25,11 @@ def espeak(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """espeak-ng speech with HEY COMPUTER (~1.0-1.6 s) and TURN ON THE LIGHTS (~2.0-2.6 s)."""
+def make_speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """espeak-ng speech with HEY COMPUTER (~1.0-1.6 s) and TURN ON THE LIGHTS (~2.0-2.6 s).
+
+    Each test module wraps this in its own `speech` fixture (importing fixtures across
+    modules is fragile)."""
     return espeak(tmp_path_factory.mktemp("speech") / "speech.wav", SENTENCE)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,9 @@ def cmd(verb: str, payload: str) -> object:
     return parse_command(verb, payload.encode())
 
 
-async def test_config_list_loads_with_version_one(compiler: KeywordCompiler, tmp_path: Path) -> None:
+async def test_config_list_loads_with_version_one(
+    compiler: KeywordCompiler, tmp_path: Path
+) -> None:
     reg = registry(compiler, tmp_path)
     state = reg.load(config("HEY COMPUTER", "LIGHTS OFF"))
     assert state.keyword_set.displays() == ["HEY COMPUTER", "LIGHTS OFF"]
@@ -69,7 +72,7 @@ async def test_set_is_applied_persisted_and_restored(
     saved = read_state(tmp_path / STATE_FILE_NAME)
     assert saved is not None and saved.version == 2
     assert saved.config_digest == config("HEY COMPUTER").digest
-    assert not list(tmp_path.glob("*.tmp")), "the atomic write left a temporary file"
+    assert os.listdir(tmp_path) == [STATE_FILE_NAME], "the atomic write left a temporary file"
 
     # A restart with the same configuration gets the MQTT list back.
     again = registry(compiler, tmp_path)
@@ -78,7 +81,9 @@ async def test_set_is_applied_persisted_and_restored(
     assert (state.version, state.origin) == (2, "mqtt")
 
 
-async def test_changed_config_wins_over_saved_list(compiler: KeywordCompiler, tmp_path: Path) -> None:
+async def test_changed_config_wins_over_saved_list(
+    compiler: KeywordCompiler, tmp_path: Path
+) -> None:
     reg = registry(compiler, tmp_path)
     reg.load(config("HEY COMPUTER"))
     assert (await reg.handle(cmd("keywords/set", '["GOOD NIGHT"]'))).ok

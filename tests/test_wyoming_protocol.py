@@ -61,11 +61,11 @@ def test_from_bytes_rejects_a_frame_whose_lengths_lie() -> None:
         Event.from_bytes(raw[:-1])
 
 
-async def _read_all(data: bytes, **kwargs: float) -> list[Event]:
+async def _read_all(data: bytes, max_payload: int = 4096) -> list[Event]:
     reader = asyncio.StreamReader(limit=1024)
     reader.feed_data(data)
     reader.feed_eof()
-    events = EventReader(reader, **kwargs)  # type: ignore[arg-type]
+    events = EventReader(reader, max_payload=max_payload)
     out = []
     while (event := await events.read()) is not None:
         out.append(event)
@@ -147,3 +147,11 @@ def test_detect_names_parsing_and_matching() -> None:
     keys = [("HEY COMPUTER", "HEY COMPUTER"), ("LIGHTS_OFF", "LIGHTS OFF")]
     assert select(items, None, keys) == (["A", "B"], [])
     assert select(items, ["lights off", "nope"], keys) == (["B"], ["nope"])
+
+
+async def test_reader_gives_up_on_announced_bytes_that_never_arrive() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(b'{"type": "audio-chunk", "payload_length": 100}\n' + b"\x00" * 10)
+    events = EventReader(reader, body_timeout=0.05)  # the peer stays connected, silent
+    with pytest.raises(ProtocolError, match="did not arrive within"):
+        await events.read()

@@ -7,6 +7,7 @@ the second client sends 48 kHz stereo 32-bit PCM of other words at the same time
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import soxr
 from kwsd.backends.base import Backend
 from kwsd.backends.loader import load_backend
 from kwsd.errors import ConfigError
+from kwsd.integrations.mute import MuteState
 from kwsd.keywords import KeywordSet, KeywordSpec, Tokenizer, compile_keywords
 from kwsd.model.bundle import assets_bundle
 from kwsd.search import SearchOptions
@@ -307,6 +309,8 @@ async def test_a_busy_port_is_a_config_error(
     assert server.address is not None
     with pytest.raises(ConfigError, match="already using that port"):
         await other.start(server.address)
+    with pytest.raises(ConfigError, match="directory exists"):
+        await other.start("unix:///nonexistent-dir/kwsd.sock")
 
 
 def test_parse_uri() -> None:
@@ -316,3 +320,47 @@ def test_parse_uri() -> None:
     for bad in ("http://x:1", "tcp://host", "tcp://host:99999", "unix://"):
         with pytest.raises(ConfigError):
             parse_uri(bad)
+
+
+async def test_global_mute_suppresses_wyoming_detections(
+    model: tuple[Backend, KeywordSet], speech: dict[str, Speech]
+) -> None:
+    backend, keywords = model
+    mute = MuteState()
+    mute.pause("night mode")
+    srv = WyomingServer.for_backend(
+        backend, lambda: keywords, SearchOptions(), version="1", mute=mute
+    )
+    await srv.start("tcp://127.0.0.1:0")
+    try:
+        client = await Client.connect(srv)
+        await client.stream(*_mono16(speech["command"]))
+        event = await client.read()
+        assert event is not None and event.type == "not-detected"
+        mute.resume()
+        await client.stream(*_mono16(speech["command"]))
+        assert await _detections_after_stop(client) == ["HEY COMPUTER", "TURN ON THE LIGHTS"]
+        await client.close()
+    finally:
+        await srv.close()
+
+
+async def test_keyword_changes_reach_the_next_stream(
+    model: tuple[Backend, KeywordSet], speech: dict[str, Speech]
+) -> None:
+    backend, keywords = model
+    current = [keywords]
+    srv = WyomingServer.for_backend(backend, lambda: current[0], SearchOptions(), version="1")
+    await srv.start("tcp://127.0.0.1:0")
+    try:
+        client = await Client.connect(srv)
+        current[0] = dataclasses.replace(keywords, keywords=keywords.keywords[1:2])
+        await client.send(Event("describe"))
+        info = await client.read()
+        assert info is not None
+        assert [m["name"] for m in info.data["wake"][0]["models"]] == ["TURN ON THE LIGHTS"]
+        await client.stream(*_mono16(speech["command"]))
+        assert await _detections_after_stop(client) == ["TURN ON THE LIGHTS"]
+        await client.close()
+    finally:
+        await srv.close()

@@ -59,6 +59,8 @@ class HomeAssistantDiscovery:
     Construct it once the link exists (it subscribes at once; messages flow when the
     link runs), call `publish(keyword_set)` at start and after every keyword change,
     and `on_detection(det)` for every detection that passed mute and refractory.
+    Pass the daemon's `mute` (whose pause the `cmd/pause|resume` handler sets) to get
+    the pause switch; without it only the event entity and triggers are announced.
     """
 
     def __init__(
@@ -197,7 +199,8 @@ class HomeAssistantDiscovery:
             return
         link = self.link
         link.publish(self.event_config_topic, _dumps(self.event_config(displays)), retain=True)
-        link.publish(self.switch_config_topic, _dumps(self.switch_config()), retain=True)
+        if self.mute is not None:  # the switch shows the pause state, so it needs one
+            link.publish(self.switch_config_topic, _dumps(self.switch_config()), retain=True)
         triggers = {
             self.trigger_config_topic(object_id): display
             for display, object_id in self.trigger_object_ids(displays).items()

@@ -173,10 +173,14 @@ class WyomingServer:
                 shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
                 self.address = f"tcp://{shown}:{bound[1]}"
         except OSError as exc:
+            hint = (
+                "check that the directory exists and kwsd may write to it"
+                if isinstance(where, Path)
+                else "is another wake-word server (e.g. openWakeWord) already using that "
+                "port? Set wyoming.uri to a free one"
+            )
             raise ConfigError(
-                f"cannot listen on {uri} for Wyoming: {exc.strerror or exc}; is another "
-                "wake-word server (e.g. openWakeWord) already using that port? Set "
-                "wyoming.uri to a free one"
+                f"cannot listen on {uri} for Wyoming: {exc.strerror or exc}; {hint}"
             ) from None
         log.info("Wyoming server listening", uri=self.address)
         return self.address
