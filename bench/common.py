@@ -114,9 +114,9 @@ def corpus_sentences(assets: Path) -> list[Utterance]:
 
 def load_16k(path: Path) -> FloatArray:
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    mono = data.mean(axis=1).astype(np.float32)
+    mono: FloatArray = np.asarray(data.mean(axis=1), dtype=np.float32)
     if rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE).astype(np.float32)
+        mono = np.asarray(soxr.resample(mono, rate, SAMPLE_RATE), dtype=np.float32)
     return mono
 
 

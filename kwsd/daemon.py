@@ -148,6 +148,14 @@ class Daemon:
     # ---------------------------------------------------------------- running
 
     async def run(self) -> int:
+        # Installed first, so a SIGTERM during a slow model load is still a clean stop.
+        self._add_signal_handlers()
+        try:
+            return await self._run()
+        finally:
+            self._remove_signal_handlers()
+
+    async def _run(self) -> int:
         settings = self.settings
         try:
             model = await asyncio.to_thread(load_model, settings)
@@ -165,6 +173,9 @@ class Daemon:
         config = await asyncio.to_thread(config_keywords, settings)
         await asyncio.to_thread(registry.load, config)
         self.registry = registry
+        if self._stop.is_set():
+            log.info("stopped while starting")
+            return 0
         if not registry.keyword_set.keywords:
             log.warning(
                 "no keywords configured: nothing will be detected until some are set in "
@@ -262,7 +273,6 @@ class Daemon:
             self._spawn(self._poll_metrics(), "kwsd-metrics"),
             self._spawn(self._watch_files(), "kwsd-watch"),
         ]
-        self._add_signal_handlers()
         self.started.set()
         log.info(
             "kwsd running",
@@ -293,7 +303,6 @@ class Daemon:
                 except TimeoutError:
                     log.warning("MQTT goodbye took too long; closing anyway")
         finally:
-            self._remove_signal_handlers()
             for task in background:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -449,12 +458,23 @@ class Daemon:
 
     async def _watch_files(self) -> None:
         """Reload when the config or keywords file changes (editors replace files, so the
-        directories are watched and filtered by name)."""
+        directories are watched and filtered by name). Watching is a convenience: if it
+        fails, SIGHUP still reloads, so a failure is logged, never fatal."""
+        try:
+            await self._watch_loop()
+        except Exception as exc:
+            log.warning(
+                "cannot watch the configuration files; reload with SIGHUP "
+                "(`kill -HUP <pid>`) after editing them",
+                error=str(exc),
+            )
+
+    async def _watch_loop(self) -> None:
         while True:
             files = self._watched_files()
-            if not files:
-                return
             parents = {p.parent for p in files if p.parent.is_dir()}
+            if not parents:
+                return
 
             def relevant(_change: object, path: str, files: set[Path] = files) -> bool:
                 return Path(os.path.realpath(path)) in files

@@ -14,14 +14,14 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from mqtt_broker import Mosquitto
-from test_daemon_support import (
+from daemon_support import (
     make_settings,
     make_speech,
     mqtt_settings,
     running,
     wait_until,
 )
+from mqtt_broker import Mosquitto
 
 from kwsd.config import Settings
 from kwsd.daemon import Daemon

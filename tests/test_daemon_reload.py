@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import structlog
-from test_daemon_support import (
+from daemon_support import (
     json_lines,
     make_settings,
     make_speech,
@@ -112,3 +112,23 @@ async def test_sighup_reloads_without_a_watcher(tmp_path: Path, assets: Path, sp
         os.kill(os.getpid(), signal.SIGHUP)
         await wait_until(lambda: displays(daemon) == ["GOOD NIGHT"], what="the SIGHUP reload")
         assert daemon.reloads == 1
+
+
+async def test_reload_names_settings_that_need_a_restart(
+    tmp_path: Path, assets: Path, speech: Path
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[keywords]\nphrases = ["HEY COMPUTER"]\n')
+    daemon = daemon_for(tmp_path, assets, speech, config)
+    async with running(daemon):
+        with structlog.testing.capture_logs() as logs:
+            replace_file(
+                config,
+                '[keywords]\nphrases = ["GOOD NIGHT"]\n[search]\nbeam = 8\n'
+                "refractory_seconds = 2.5\n",
+            )
+            await wait_until(lambda: displays(daemon) == ["GOOD NIGHT"], what="the reload")
+        warnings = [e for e in logs if "restart" in e["event"]]
+        assert warnings and warnings[0]["settings"] == ["search.beam"], logs
+        assert daemon.pipeline is not None
+        assert daemon.pipeline.refractory.seconds == 2.5  # applied live

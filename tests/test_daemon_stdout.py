@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_daemon_support import (
+from daemon_support import (
     espeak,
     json_lines,
     make_settings,

@@ -66,6 +66,7 @@ def test_user_unit_contract() -> None:
     assert one(unit, "Service", "Restart") == "on-failure"
     assert "78" in one(unit, "Service", "RestartPreventExitStatus").split()
     assert "1" not in one(unit, "Service", "RestartPreventExitStatus").split()  # crashes restart
+    assert one(unit, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"  # SIGHUP reloads
     assert unit["Service"]["Environment"] == [
         '"KWSD_CONFIG=/home/ada/.config/kwsd/config.toml"',
         '"PYTHONUNBUFFERED=1"',
@@ -98,6 +99,7 @@ def test_system_unit_contract() -> None:
     assert one(unit, "Service", "Type") == "notify"
     assert one(unit, "Service", "NotifyAccess") == "main"
     assert "78" in one(unit, "Service", "RestartPreventExitStatus").split()
+    assert one(unit, "Service", "ExecReload") == "/bin/kill -HUP $MAINPID"
     assert one(unit, "Service", "DynamicUser") == "yes"
     assert one(unit, "Service", "SupplementaryGroups") == "audio"
     assert one(unit, "Service", "StateDirectory") == "kwsd"

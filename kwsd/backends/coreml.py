@@ -43,7 +43,7 @@ def coremltools_factory() -> PredictorFactory:
             "CoreML backend needs macOS with `pip install 'kwsd[coreml]'`; use --backend onnx"
         )
     try:
-        import coremltools as ct  # noqa: PLC0415 (macOS-only optional dependency)
+        import coremltools as ct
     except ImportError:
         raise ModelError(
             "CoreML backend needs coremltools: run `pip install 'kwsd[coreml]'`, "

@@ -169,7 +169,7 @@ def install_archive(
 
 
 def _hf_error(exc: Exception, source: ModelSource, endpoint: str | None) -> Exception:
-    from huggingface_hub import errors as hf_errors  # noqa: PLC0415 (lazy, see below)
+    from huggingface_hub import errors as hf_errors
 
     host = _host(endpoint) if endpoint else "huggingface.co"
     if isinstance(
@@ -201,8 +201,8 @@ def install_huggingface(
     if source.repo is None:
         raise ModelError(f"{source.id} is not distributed through Hugging Face")
     # Lazy: heavy, and only macOS installs need it.
-    import huggingface_hub  # noqa: PLC0415
-    from huggingface_hub.utils.tqdm import (  # noqa: PLC0415
+    import huggingface_hub
+    from huggingface_hub.utils.tqdm import (
         are_progress_bars_disabled,
         disable_progress_bars,
         enable_progress_bars,

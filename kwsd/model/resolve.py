@@ -174,7 +174,7 @@ def resolve_model(
             f"no model installed in {base} and downloads are off (model.allow_download = "
             "false); run `kwsd models pull`, or set model.dir / KWSD_ASSETS"
         )
-    from kwsd.model.download import pull  # noqa: PLC0415 (download stack only when needed)
+    from kwsd.model.download import pull
 
     log.info(
         "model selected",

@@ -78,6 +78,8 @@ def _service_common(ctx: ServiceContext) -> list[str]:
         "Type=notify",
         "NotifyAccess=main",
         _exec_start(ctx),
+        "# `systemctl reload kwsd`: re-read the config and keywords without an audio gap.",
+        "ExecReload=/bin/kill -HUP $MAINPID",
     ]
     if ctx.config is not None:
         lines.append(environment_line("KWSD_CONFIG", str(ctx.config)))

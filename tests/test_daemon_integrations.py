@@ -1,0 +1,146 @@
+"""The daemon's wiring of HA discovery, Hermes, health/metrics and sd_notify."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from daemon_support import (
+    make_settings,
+    make_speech,
+    mqtt_settings,
+    running,
+    wait_until,
+)
+from mqtt_broker import Mosquitto, free_port
+
+from kwsd.daemon import Daemon
+from kwsd.service import Notifier
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_speech(tmp_path_factory)
+
+
+async def test_home_assistant_and_hermes_are_wired(
+    tmp_path: Path, assets: Path, speech: Path, mosquitto: Mosquitto, mqtt_base_topic: str
+) -> None:
+    base = mqtt_base_topic
+    prefix = f"{base}/ha"
+    settings = make_settings(
+        tmp_path,
+        assets,
+        speech,
+        **{
+            **mqtt_settings(mosquitto.host, mosquitto.port, base),
+            "homeassistant.discovery": True,
+            "homeassistant.discovery_prefix": prefix,
+            "hermes.enabled": True,
+            "keywords.phrases": ["HEY COMPUTER"],
+            "audio.loop": True,
+        },
+    )
+    daemon = Daemon(settings, install_signal_handlers=False)
+    async with (
+        mosquitto.subscriber(f"{base}/#") as sub,
+        mosquitto.subscriber("hermes/hotword/hey_computer/detected") as hermes,
+        running(daemon),
+    ):
+        config = await sub.wait_for(
+            lambda m: m.topic.value == f"{prefix}/event/testsite/keyword/config"
+        )
+        assert json.loads(config.payload)["event_types"] == ["HEY COMPUTER"]
+        event = await sub.wait_for(lambda m: m.topic.value == f"{base}/event")
+        assert json.loads(event.payload)["event_type"] == "HEY COMPUTER"
+        detected = json.loads((await hermes.wait_for(lambda m: True)).payload)
+        assert detected["siteId"] == "testsite" and detected["modelId"] == "HEY COMPUTER"
+
+        # Rhasspy's toggleOff mutes spotting (audio keeps flowing), toggleOn resumes it.
+        assert daemon.pipeline is not None
+        stats = daemon.pipeline.stats
+        await mosquitto.publish(
+            "hermes/hotword/toggleOff", '{"siteId": "testsite", "reason": "ttsSay"}'
+        )
+        await wait_until(lambda: daemon.mute.muted, what="the Hermes mute")
+        muted = stats.muted_dropped
+        await wait_until(lambda: stats.muted_dropped > muted + 1, what="muted detections")
+        await mosquitto.publish(
+            "hermes/hotword/toggleOn", '{"siteId": "testsite", "reason": "ttsSay"}'
+        )
+        await wait_until(lambda: not daemon.mute.muted, what="the Hermes unmute")
+
+        # A keyword change updates the discovery document.
+        await mosquitto.publish(f"{base}/cmd/keywords/add", '["TURN ON THE LIGHTS"]')
+        config = await sub.wait_for(
+            lambda m: (
+                m.topic.value == f"{prefix}/event/testsite/keyword/config"
+                and b"TURN ON THE LIGHTS" in m.payload
+            )
+        )
+        assert json.loads(config.payload)["event_types"] == ["HEY COMPUTER", "TURN ON THE LIGHTS"]
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_health_endpoint_and_service_notifications(
+    tmp_path: Path, assets: Path, speech: Path
+) -> None:
+    port = free_port()
+    sock_path = tmp_path / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(sock_path))
+    receiver.setblocking(False)
+    settings = make_settings(
+        tmp_path,
+        assets,
+        speech,
+        **{
+            "health.enabled": True,
+            "health.port": port,
+            "keywords.phrases": ["HEY COMPUTER"],
+            "audio.loop": True,
+        },
+    )
+    daemon = Daemon(
+        settings,
+        stdout=io.StringIO(),
+        notifier=Notifier(str(sock_path).encode()),
+        install_signal_handlers=False,
+    )
+    try:
+        async with running(daemon):
+            await wait_until(lambda: daemon.heartbeat.beats > 5, what="audio")
+            status, body = await _get(port, "/healthz")
+            assert status == 200, body
+            assert json.loads(body)["checks"]["audio"]["ok"] is True
+            await wait_until(
+                lambda: daemon.pipeline is not None and daemon.pipeline.stats.detections > 0
+            )
+            status, metrics = await _get(port, "/metrics")
+            assert status == 200
+            assert 'kwsd_detections_total{keyword="HEY COMPUTER"}' in metrics
+            assert "kwsd_chunk_seconds_count" in metrics
+            assert "kwsd_keywords 1.0" in metrics
+        messages = []
+        while True:
+            try:
+                messages.append(receiver.recv(4096).decode())
+            except BlockingIOError:
+                break
+    finally:
+        receiver.close()
+    assert any("READY=1" in m for m in messages), messages
+    assert any("STOPPING=1" in m for m in messages), messages

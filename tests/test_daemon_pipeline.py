@@ -1,0 +1,102 @@
+"""The pipeline stage on its own, with the real stand-in model: gaps and keyword swaps."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+from daemon_support import make_speech, wait_until
+
+from kwsd.audio.base import AudioBlock
+from kwsd.audio.queue import BoundedAudioQueue
+from kwsd.backends.base import Backend
+from kwsd.backends.loader import load_backend
+from kwsd.detection import Detection
+from kwsd.engine import Frontend
+from kwsd.keywords import KeywordSet, KeywordSpec, Tokenizer, compile_keywords
+from kwsd.model.bundle import assets_bundle
+from kwsd.pipeline import Pipeline
+from kwsd.search import KeywordSearch, SearchOptions
+from kwsd.service import Heartbeat
+
+BLOCK = 1600  # 100 ms
+
+
+@pytest.fixture(scope="module")
+def model(assets: Path) -> tuple[Backend, Tokenizer]:
+    bundle = assets_bundle(assets)
+    return load_backend(bundle, "onnx"), Tokenizer(bundle.tokens, bundle.bpe_model)
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    data, rate = sf.read(str(make_speech(tmp_path_factory)), dtype="float32")
+    return np.asarray(soxr.resample(data, rate, 16000), dtype=np.float32)
+
+
+def keywords(tokenizer: Tokenizer, backend: Backend, *phrases: str, version: int) -> KeywordSet:
+    specs = [KeywordSpec(phrase=p) for p in phrases]
+    return compile_keywords(specs, tokenizer, backend.defaults, version=version)
+
+
+def blocks(samples: np.ndarray, start_sample: int, *, gap: bool) -> list[AudioBlock]:
+    out = []
+    for i in range(0, len(samples), BLOCK):
+        out.append(
+            AudioBlock(samples[i : i + BLOCK], start_sample + i, discontinuity=gap and i == 0)
+        )
+    return out
+
+
+async def run(pipeline: Pipeline, items: list[AudioBlock]) -> list[Detection]:
+    queue = BoundedAudioQueue(600)
+    for block in items:
+        await queue.put(block)
+    queue.close()
+    found: list[Detection] = []
+    await pipeline.run(queue, found.append)
+    return found
+
+
+def make_pipeline(backend: Backend, ks: KeywordSet) -> Pipeline:
+    search = KeywordSearch(backend, ks, SearchOptions())
+    return Pipeline(Frontend(backend), search, heartbeat=Heartbeat(), refractory_seconds=0.0)
+
+
+async def test_times_stay_absolute_across_an_audio_gap(
+    model: tuple[Backend, Tokenizer], samples: np.ndarray
+) -> None:
+    backend, tokenizer = model
+    pipeline = make_pipeline(backend, keywords(tokenizer, backend, "HEY COMPUTER", version=1))
+    # The first pass, then 60 s of audio lost (e.g. dropped by the queue), then another pass.
+    later = len(samples) + 60 * 16000
+    found = await run(pipeline, blocks(samples, 0, gap=False) + blocks(samples, later, gap=True))
+    assert [d.keyword for d in found] == ["HEY COMPUTER", "HEY COMPUTER"]
+    assert found[1].start - found[0].start == pytest.approx(later / 16000, abs=0.09)
+    assert pipeline.heartbeat.beats == pipeline.stats.chunks > 0
+
+
+async def test_keyword_swap_takes_effect_between_blocks(
+    model: tuple[Backend, Tokenizer], samples: np.ndarray
+) -> None:
+    backend, tokenizer = model
+    pipeline = make_pipeline(backend, keywords(tokenizer, backend, "HEY COMPUTER", version=1))
+    queue = BoundedAudioQueue(600)
+    found: list[Detection] = []
+    task = asyncio.create_task(pipeline.run(queue, found.append))
+    first = blocks(samples, 0, gap=False)
+    for block in first:
+        await queue.put(block)
+    await wait_until(lambda: pipeline.stats.blocks == len(first), what="the first pass")
+    pipeline.set_keywords(keywords(tokenizer, backend, "TURN ON THE LIGHTS", version=2))
+    for block in blocks(samples, len(samples), gap=False):
+        await queue.put(block)
+    queue.close()
+    await task
+    assert [d.keyword for d in found] == ["HEY COMPUTER", "TURN ON THE LIGHTS"]
+    assert found[1].start > len(samples) / 16000  # found in the second pass, not earlier
+    assert pipeline.stats.keyword_versions == [2]
