@@ -13,11 +13,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from kwsd.cli.config import add_config_args, settings_from_args
+from kwsd.cli.common import add_keyword_args, add_model_args, settings_for
 from kwsd.config import Settings
 from kwsd.daemon import Daemon
 from kwsd.keywords import parse_keyword_line
-from kwsd.log import configure_logging
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,28 +27,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "(or print it on stdout as a JSON line when no broker is configured). "
         "SIGHUP, or editing the config or keywords file, reloads the keywords.",
     )
-    add_config_args(parser)
-    model = parser.add_argument_group("model")
-    model.add_argument("--model-dir", type=Path, metavar="D", help="model directory (model.dir)")
-    model.add_argument(
-        "--assets",
-        type=Path,
-        metavar="DIR",
-        help="kws-assets directory: real decoder/joiner with the stand-in encoder "
-        "(for machines without the upstream model; $KWSD_ASSETS)",
-    )
-    keywords = parser.add_argument_group("keywords (replace the configured ones)")
-    keywords.add_argument(
-        "--keywords",
-        "-k",
-        action="append",
-        default=[],
-        metavar="PHRASE",
-        help='keyword phrase, e.g. "hey computer", or a sherpa keyword line (repeatable)',
-    )
-    keywords.add_argument(
-        "--keywords-file", type=Path, metavar="F", help="keywords file (keywords.file)"
-    )
+    add_keyword_args(parser)
+    add_model_args(parser)
     audio = parser.add_argument_group("audio input")
     audio.add_argument(
         "--source", choices=("mic", "file", "stdin"), help="audio source (audio.source)"
@@ -68,8 +47,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def load(args: argparse.Namespace) -> Settings:
     """The settings for this run: flags > --set > environment > config file > defaults."""
     overrides: dict[str, Any] = {
-        "model.dir": args.model_dir,
-        "assets": args.assets,
         "audio.source": args.source or ("file" if args.file else None),
         "audio.file": args.file,
         "audio.device": args.device,
@@ -84,7 +61,7 @@ def load(args: argparse.Namespace) -> Settings:
             parse_keyword_line(k).model_dump(exclude_none=True, exclude_defaults=True)
             for k in args.keywords
         ]
-    settings = settings_from_args(args, **overrides)
+    settings = settings_for(args, **overrides)
     if args.keywords and not args.keywords_file and settings.keywords.file is not None:
         # An override cannot unset a value, so drop the configured file here.
         settings.keywords = settings.keywords.model_copy(update={"file": None})
@@ -93,6 +70,5 @@ def load(args: argparse.Namespace) -> Settings:
 
 def run(args: argparse.Namespace) -> int:
     settings = load(args)
-    configure_logging(settings.log.level, settings.log.format)
     daemon = Daemon(settings, reload_settings=lambda: load(args))
     return asyncio.run(daemon.run())
