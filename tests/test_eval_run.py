@@ -151,7 +151,7 @@ def test_multi_file_run_sweep_plot_and_keywords_file(
     swept_json, plot, out_keywords = tmp_path / "s.json", tmp_path / "det.png", tmp_path / "kw.txt"
     argv = [
         "--manifest", str(speech_manifest), *keywords, "--jobs", "2", "--sweep",
-        "--thresholds", "0.2,0.4,0.6,0.8", "--boosts", "1,2", "--max-fa-per-hour", "1",
+        "--thresholds", "0.2,0.4,0.6,0.97", "--boosts", "1,2", "--max-fa-per-hour", "1",
         "--plot", str(plot), "--out-keywords", str(out_keywords), "--json", str(swept_json),
     ]  # fmt: skip
     assert _eval(argv, cli_env) == 0
@@ -163,7 +163,7 @@ def test_multi_file_run_sweep_plot_and_keywords_file(
     assert swept["options"]["jobs"] == 2
     points = swept["sweep"]["points"]
     assert len(points) == 2 * 2 * 4
-    hey_strict = [p for p in points if p["keyword"] == "HEY COMPUTER" and p["threshold"] == 0.8]
+    hey_strict = [p for p in points if p["keyword"] == "HEY COMPUTER" and p["threshold"] == 0.97]
     assert all(p["recall"] < 1.0 for p in hey_strict)  # the grid really changes the search
     recs = {r["keyword"]: r for r in swept["sweep"]["recommendations"]}
     assert set(recs) == {"HEY COMPUTER", "GOOD NIGHT"}

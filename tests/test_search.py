@@ -79,7 +79,8 @@ def test_light_up_in_real_encoder_frames(
     (det,) = search_frames(backend, tokenizer, frames, ["LIGHT UP"])
     assert det.keyword == "LIGHT UP"
     assert det.tokens == ("▁", "L", "IGHT", "▁UP")
-    assert det.start == pytest.approx(3.04, abs=0.08)
+    assert det.start == pytest.approx(3.04, abs=0.02)
+    assert det.end == pytest.approx(3.20, abs=0.02)
     assert det.start < det.end < 3.5
     assert 0.25 <= det.score <= 1.0
 

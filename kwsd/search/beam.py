@@ -136,6 +136,8 @@ class KeywordSearch:
         flat = total.ravel()
         k = min(self.options.beam, flat.size)
         top = np.argpartition(flat, -k)[-k:]
+        # Best first: when two paths merge, the better one keeps its times and probs.
+        top = top[np.argsort(-flat[top], kind="stable")]
         vocab = total.shape[1]
         merged: dict[tuple[int, ...], _Hyp] = {}
         for index in top.tolist():
