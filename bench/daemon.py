@@ -330,10 +330,98 @@ def report(run: Run, quick: bool, count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(slots=True)
+class Soak:
+    """RSS over one hour of audio decoded as fast as possible (a looping file)."""
+
+    audio_s: float = 0.0
+    wall_s: float = 0.0
+    rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (audio s, MiB)
+    exit_code: int = -1
+
+
+async def soak_daemon(workdir: Path, audio: Path, port: int, base: str, hours: float) -> Soak:
+    settings = load_settings(
+        None,
+        {
+            "assets": str(assets_dir()),
+            "site_id": "soak",
+            "data_dir": str(workdir / "soak-data"),
+            "audio.source": "file",
+            "audio.file": str(audio),
+            "audio.realtime": False,
+            "audio.loop": True,
+            "audio.silence_warning_seconds": 0,
+            "keywords.phrases": list(KEYWORDS),
+            "mqtt.host": HOST,
+            "mqtt.port": port,
+            "mqtt.base_topic": base,
+            "homeassistant.discovery": False,
+            "health.enabled": False,
+            "log.level": "warning",
+        },
+    )
+    soak = Soak()
+    target = hours * 3600.0
+    daemon = Daemon(settings, install_signal_handlers=False)
+    task = asyncio.create_task(daemon.run())
+    await daemon.started.wait()
+    pipeline = daemon.pipeline
+    assert pipeline is not None
+    process = pipeline._process
+    proc = psutil.Process()
+    wall0 = time.monotonic()
+    next_sample = 0.0
+
+    def traced(block: AudioBlock) -> list[Detection]:
+        nonlocal next_sample
+        found = process(block)
+        soak.audio_s = block.end
+        if block.end >= next_sample:
+            soak.rss_mb.append((block.end, proc.memory_info().rss / 2**20))
+            next_sample += 60.0
+        if block.end >= target:
+            daemon.stop()
+        return found
+
+    pipeline._process = traced  # type: ignore[method-assign]
+    soak.exit_code = await task
+    soak.wall_s = time.monotonic() - wall0
+    soak.rss_mb.append((soak.audio_s, proc.memory_info().rss / 2**20))
+    return soak
+
+
+def soak_report(soak: Soak) -> str:
+    warm = [mb for t, mb in soak.rss_mb if t >= 300.0] or [soak.rss_mb[-1][1]]
+    growth = soak.rss_mb[-1][1] - warm[0]
+    verdict = "meets" if growth <= 2.0 else "MISSES"
+    peak = max(mb for _, mb in soak.rss_mb)
+    return "\n".join(
+        [
+            "",
+            "### Memory over one hour of audio, as fast as possible",
+            "",
+            f"The same daemon (MQTT on, stand-in encoder) decoded {soak.audio_s / 3600:.2f} h of "
+            f"looping command audio in {soak.wall_s:.0f} s of wall time. RSS is sampled every "
+            "minute of audio; growth is measured from the 5-minute mark (after warm-up) "
+            "to the end.",
+            "",
+            "| RSS at 5 min | RSS at end | peak | growth | target |",
+            "|---:|---:|---:|---:|---|",
+            f"| {warm[0]:.1f} MiB | {soak.rss_mb[-1][1]:.1f} MiB | {peak:.1f} MiB | "
+            f"{growth:+.2f} MiB | ≤ 2 MiB: {verdict} |",
+            "",
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="about 80 s of audio")
     parser.add_argument("--no-write", action="store_true", help="print, do not edit the docs")
+    parser.add_argument(
+        "--soak-hours", type=float, default=1.0, help="audio hours for the memory soak (0: skip)"
+    )
     args = parser.parse_args(argv)
     count = 22 if args.quick else 45
     with tempfile.TemporaryDirectory() as tmp:
@@ -350,11 +438,17 @@ def main(argv: list[str] | None = None) -> int:
                 if sub.poll() is None:
                     sub.kill()
                     sub.wait()
-    text = report(run, args.quick, count)
+            soak = None
+            if args.soak_hours > 0:
+                print(f"memory soak: {args.soak_hours:g} h of audio", file=sys.stderr)
+                soak = asyncio.run(
+                    soak_daemon(workdir, audio, port, base + "/soak", args.soak_hours)
+                )
+    text = report(run, args.quick, count) + (soak_report(soak) if soak else "")
     print(text)
     if not args.no_write:
         write_section("daemon", text)
-    return 0 if run.exit_code == 0 else 1
+    return 0 if run.exit_code == 0 and (soak is None or soak.exit_code == 0) else 1
 
 
 if __name__ == "__main__":
