@@ -44,8 +44,8 @@ from common import (
 )
 
 from kwsd.audio.base import AudioBlock
-from kwsd.backends.base import Backend, EncoderState, FloatArray, IntArray
-from kwsd.config import load_settings
+from kwsd.backends.base import Backend, DelegatingBackend, EncoderState, FloatArray
+from kwsd.config import Settings, load_settings
 from kwsd.daemon import Daemon
 from kwsd.detection import Detection
 
@@ -80,23 +80,13 @@ asyncio.run(main(*sys.argv[1:]))
 """
 
 
-class EncoderTimer:
+class EncoderTimer(DelegatingBackend):
     """Delegates to the real backend; adds up the calling thread's CPU time in run_chunk."""
 
     def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.chunk = inner.chunk
-        self.joiner_dim = inner.joiner_dim
-        self.vocab_size = inner.vocab_size
-        self.blank_id = inner.blank_id
-        self.context_size = inner.context_size
-        self.defaults = inner.defaults
+        super().__init__(inner)
         self.cpu_s = 0.0
         self.calls = 0
-
-    def init_state(self) -> EncoderState:
-        return self.inner.init_state()
 
     def run_chunk(self, feats: FloatArray, state: EncoderState) -> tuple[FloatArray, EncoderState]:
         t0 = time.thread_time()
@@ -104,12 +94,6 @@ class EncoderTimer:
         self.cpu_s += time.thread_time() - t0
         self.calls += 1
         return out
-
-    def decode(self, contexts: IntArray) -> FloatArray:
-        return self.inner.decode(contexts)
-
-    def join(self, enc: FloatArray, dec: FloatArray) -> FloatArray:
-        return self.inner.join(enc, dec)
 
 
 @dataclass(slots=True)
@@ -165,18 +149,18 @@ def start_subscriber(port: int, base: str) -> subprocess.Popen[str]:
     )
 
 
-async def run_daemon(
-    workdir: Path, audio: Path, audio_s: float, port: int, base: str, sub: subprocess.Popen[str]
-) -> Run:
-    settings = load_settings(
+def daemon_settings(
+    workdir: Path, audio: Path, port: int, base: str, site: str, **extra: object
+) -> Settings:
+    """The daemon as a user runs it: file source, MQTT on, the bench keywords."""
+    return load_settings(
         None,
         {
             "assets": str(assets_dir()),
-            "site_id": "bench",
-            "data_dir": str(workdir / "data"),
+            "site_id": site,
+            "data_dir": str(workdir / f"{site}-data"),
             "audio.source": "file",
             "audio.file": str(audio),
-            "audio.realtime": True,
             "audio.silence_warning_seconds": 0,
             "keywords.phrases": list(KEYWORDS),
             "mqtt.host": HOST,
@@ -184,8 +168,15 @@ async def run_daemon(
             "mqtt.base_topic": base,
             "homeassistant.discovery": False,
             "health.enabled": False,
+            **extra,
         },
     )
+
+
+async def run_daemon(
+    workdir: Path, audio: Path, audio_s: float, port: int, base: str, sub: subprocess.Popen[str]
+) -> Run:
+    settings = daemon_settings(workdir, audio, port, base, "bench", **{"audio.realtime": True})
     run = Run(audio_s)
     lines: list[str] = []
     try:
@@ -341,25 +332,13 @@ class Soak:
 
 
 async def soak_daemon(workdir: Path, audio: Path, port: int, base: str, hours: float) -> Soak:
-    settings = load_settings(
-        None,
-        {
-            "assets": str(assets_dir()),
-            "site_id": "soak",
-            "data_dir": str(workdir / "soak-data"),
-            "audio.source": "file",
-            "audio.file": str(audio),
-            "audio.realtime": False,
-            "audio.loop": True,
-            "audio.silence_warning_seconds": 0,
-            "keywords.phrases": list(KEYWORDS),
-            "mqtt.host": HOST,
-            "mqtt.port": port,
-            "mqtt.base_topic": base,
-            "homeassistant.discovery": False,
-            "health.enabled": False,
-            "log.level": "warning",
-        },
+    settings = daemon_settings(
+        workdir,
+        audio,
+        port,
+        base,
+        "soak",
+        **{"audio.realtime": False, "audio.loop": True, "log.level": "warning"},
     )
     soak = Soak()
     target = hours * 3600.0

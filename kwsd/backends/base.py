@@ -68,3 +68,33 @@ class Backend(Protocol):
     def join(self, enc: FloatArray, dec: FloatArray) -> FloatArray:
         """enc [B, joiner_dim], dec [B, joiner_dim] -> logits [B, vocab_size]."""
         ...
+
+
+class DelegatingBackend:
+    """A backend that forwards everything to `inner`; subclasses override one part.
+
+    Used to replay recorded encoder frames through the real decoder/joiner, and by the
+    benchmarks to time the encoder, without repeating the model attributes each time.
+    """
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.chunk = inner.chunk
+        self.joiner_dim = inner.joiner_dim
+        self.vocab_size = inner.vocab_size
+        self.blank_id = inner.blank_id
+        self.context_size = inner.context_size
+        self.defaults = inner.defaults
+
+    def init_state(self) -> EncoderState:
+        return self.inner.init_state()
+
+    def run_chunk(self, feats: FloatArray, state: EncoderState) -> tuple[FloatArray, EncoderState]:
+        return self.inner.run_chunk(feats, state)
+
+    def decode(self, contexts: IntArray) -> FloatArray:
+        return self.inner.decode(contexts)
+
+    def join(self, enc: FloatArray, dec: FloatArray) -> FloatArray:
+        return self.inner.join(enc, dec)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kwsd.backends.base import Backend, EncoderState, FloatArray, IntArray
+from kwsd.backends.base import Backend, DelegatingBackend, EncoderState, FloatArray
 from kwsd.errors import ModelError
 
 
@@ -32,10 +32,8 @@ def read_frames(path: Path) -> FloatArray:
     return np.frombuffer(raw[8:], dtype="<f4").reshape(t, d).astype(np.float32)
 
 
-class ReplayBackend:
+class ReplayBackend(DelegatingBackend):
     """Encoder chunks come from `frames`; decode/join go to the real `inner` backend."""
-
-    name = "replay"
 
     def __init__(self, inner: Backend, frames: FloatArray) -> None:
         if frames.ndim != 2 or frames.shape[1] != inner.joiner_dim:
@@ -43,14 +41,9 @@ class ReplayBackend:
                 f"encoder frames have shape {frames.shape}; this model's joiner expects "
                 f"[T, {inner.joiner_dim}]"
             )
-        self.inner = inner
+        super().__init__(inner)
+        self.name = "replay"
         self.frames = frames
-        self.chunk = inner.chunk
-        self.joiner_dim = inner.joiner_dim
-        self.vocab_size = inner.vocab_size
-        self.blank_id = inner.blank_id
-        self.context_size = inner.context_size
-        self.defaults = inner.defaults
 
     def init_state(self) -> EncoderState:
         return {"position": 0}
@@ -60,9 +53,3 @@ class ReplayBackend:
         start = int(state["position"])
         end = start + self.chunk.frames_out
         return self.frames[start:end], {"position": end}
-
-    def decode(self, contexts: IntArray) -> FloatArray:
-        return self.inner.decode(contexts)
-
-    def join(self, enc: FloatArray, dec: FloatArray) -> FloatArray:
-        return self.inner.join(enc, dec)

@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         required=True,
         metavar="M.tsv",
         help="tab-separated file with a header: relpath (audio, relative to the manifest), "
-        "transcript, and optionally duration_s and word_end_s (see the README, "Measuring and tuning")",
+        "transcript, and optionally duration_s and word_end_s (README: Measuring and tuning)",
     )
     add_keyword_args(p)
     add_model_args(p)
