@@ -89,13 +89,14 @@ def search_options(settings: Settings) -> SearchOptions:
 
 
 def load_model_and_keywords(
-    args: argparse.Namespace, missing: str
+    args: argparse.Namespace, missing: str, settings: Settings | None = None
 ) -> tuple[Settings, LoadedModel, KeywordSet]:
-    """Settings, model and compiled keywords for a one-shot command.
+    """Settings, model and compiled keywords for a command.
 
-    `missing` completes "no keywords: ..." with how this command takes keywords.
+    `missing` completes "no keywords: ..." with how this command takes keywords;
+    `settings` are the command's own when it had to check them before the model loads.
     """
-    settings = settings_for(args)
+    settings = settings or settings_for(args)
     specs = keyword_specs(args, settings)
     if not specs:
         raise KeywordError(f"no keywords: {missing}")

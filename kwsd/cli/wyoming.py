@@ -16,12 +16,10 @@ from kwsd import __version__
 from kwsd.cli.common import (
     add_keyword_args,
     add_model_args,
-    keyword_specs,
+    load_model_and_keywords,
     search_options,
     settings_for,
 )
-from kwsd.errors import KeywordError
-from kwsd.model.loaded import load_model
 from kwsd.wyoming.server import WyomingServer, parse_uri
 
 
@@ -52,15 +50,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _run(args: argparse.Namespace) -> int:
     settings = settings_for(args, wyoming__uri=args.uri, search__refractory_seconds=args.refractory)
     parse_uri(settings.wyoming.uri)  # a bad uri fails before the model loads
-    specs = keyword_specs(args, settings)
-    if not specs:
-        raise KeywordError(
-            "no keywords: pass --keywords PHRASE, --keywords-file F, or set keywords.phrases "
-            "in config.toml"
-        )
-    model = load_model(settings)
-    keywords = model.compile(
-        specs, boost=settings.search.boost, threshold=settings.search.threshold
+    settings, model, keywords = load_model_and_keywords(
+        args,
+        "pass --keywords PHRASE, --keywords-file F, or set keywords.phrases in config.toml",
+        settings,
     )
     for warning in keywords.warnings:
         print(f"kwsd: warning: {warning}", file=sys.stderr)
