@@ -177,7 +177,9 @@ class Pipeline:
     def _finish(self) -> list[Detection]:
         started = time.perf_counter()
         self._apply_pending()
-        return self._search(self.frontend.flush(), started)
+        # Padding at shutdown is not captured audio: it must not count as a heartbeat,
+        # or a daemon that never heard anything would report READY while stopping.
+        return self._search(self.frontend.flush(), started, beat=False)
 
     def _apply_pending(self) -> None:
         with self._pending_lock:
@@ -199,7 +201,9 @@ class Pipeline:
         self.search.frame = block.start_sample // _SAMPLES_PER_FRAME
         log.info("audio gap: engine restarted", at_seconds=round(block.start, 2))
 
-    def _search(self, chunks: Sequence[FloatArray], started: float) -> list[Detection]:
+    def _search(
+        self, chunks: Sequence[FloatArray], started: float, *, beat: bool = True
+    ) -> list[Detection]:
         found: list[Detection] = []
         for chunk in chunks:
             for det in self.search.step(chunk):
@@ -213,7 +217,8 @@ class Pipeline:
                 self.stats.chunks += 1
                 if self.metrics is not None:
                     self.metrics.record_chunk(per_chunk, CHUNK_AUDIO_SECONDS)
-                self.heartbeat.beat()
+                if beat:
+                    self.heartbeat.beat()
         return found
 
     def _keep(self, det: Detection) -> bool:

@@ -77,7 +77,8 @@ async def test_times_stay_absolute_across_an_audio_gap(
     found = await run(pipeline, blocks(samples, 0, gap=False) + blocks(samples, later, gap=True))
     assert [d.keyword for d in found] == ["HEY COMPUTER", "HEY COMPUTER"]
     assert found[1].start - found[0].start == pytest.approx(later / 16000, abs=0.09)
-    assert pipeline.heartbeat.beats == pipeline.stats.chunks > 0
+    # every chunk of captured audio beats; the shutdown padding's chunks do not
+    assert 0 < pipeline.heartbeat.beats < pipeline.stats.chunks
 
 
 async def test_keyword_swap_takes_effect_between_blocks(
@@ -100,3 +101,12 @@ async def test_keyword_swap_takes_effect_between_blocks(
     assert [d.keyword for d in found] == ["HEY COMPUTER", "TURN ON THE LIGHTS"]
     assert found[1].start > len(samples) / 16000  # found in the second pass, not earlier
     assert pipeline.stats.keyword_versions == [2]
+
+
+async def test_shutdown_padding_is_not_a_heartbeat(model: tuple[Backend, Tokenizer]) -> None:
+    """No audio ever arrived (e.g. no microphone): stopping must not report READY."""
+    backend, tokenizer = model
+    pipeline = make_pipeline(backend, keywords(tokenizer, backend, "HEY COMPUTER", version=1))
+    await run(pipeline, [])
+    assert pipeline.stats.chunks > 0  # the flush did run the encoder on its padding
+    assert not pipeline.heartbeat.started
