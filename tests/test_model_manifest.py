@@ -92,3 +92,10 @@ def test_invalid_manifest_is_refused(tmp_path: Path, body: str, expected: str) -
 def test_missing_manifest_file(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="cannot read the model manifest"):
         load_manifest(tmp_path / "nope.toml")
+
+
+def test_checkout_manifest_is_the_packaged_one() -> None:
+    """models/manifest.toml (where the guide says to look) is the package's manifest."""
+    repo = Path(__file__).resolve().parents[1]
+    checkout = repo / "models" / "manifest.toml"
+    assert checkout.resolve() == (repo / "kwsd" / "data" / "models.toml").resolve()
