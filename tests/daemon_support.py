@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import io
 import json
-import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_support import espeak_wav
 
 from kwsd.config import Settings, load_settings
 from kwsd.daemon import Daemon
@@ -20,17 +20,12 @@ from kwsd.daemon import Daemon
 SENTENCE = "good evening, hey computer, turn on the lights please"
 
 
-def espeak(path: Path, text: str) -> Path:
-    subprocess.run(["espeak-ng", "-v", "en-us+m3", "-w", str(path), text], check=True)
-    return path
-
-
 def make_speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """espeak-ng speech with HEY COMPUTER (~1.0-1.6 s) and TURN ON THE LIGHTS (~2.0-2.6 s).
 
     Each test module wraps this in its own `speech` fixture (importing fixtures across
     modules is fragile)."""
-    return espeak(tmp_path_factory.mktemp("speech") / "speech.wav", SENTENCE)
+    return espeak_wav(tmp_path_factory.mktemp("speech") / "speech.wav", SENTENCE)
 
 
 def make_settings(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from engine_support import espeak_wav
 
 from kwsd.audio import BoundedAudioQueue, open_source
 from kwsd.audio.base import SAMPLE_RATE, AudioBlock, AudioOptions
@@ -21,8 +21,7 @@ from kwsd.errors import AudioError
 
 
 def espeak(path: Path, text: str) -> Path:
-    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(path), text], check=True)
-    return path
+    return espeak_wav(path, text, voice="en-us")
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from engine_support import espeak_wav
 from structlog.testing import capture_logs
 
 from kwsd.audio.base import SAMPLE_RATE, AudioBlock, AudioOptions
@@ -135,8 +136,7 @@ def alsa(tmp_path: Path) -> Iterator[FifoCaptureDevices]:
 
 
 def espeak(tmp_path: Path, text: str, name: str) -> tuple[np.ndarray, int]:
-    wav = tmp_path / f"{name}.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), text], check=True)
+    wav = espeak_wav(tmp_path / f"{name}.wav", text, voice="en-us")
     data, rate = sf.read(wav, dtype="float32")
     return np.asarray(data, dtype=np.float32), int(rate)
 

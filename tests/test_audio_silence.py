@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from engine_support import espeak_wav
 from structlog.testing import capture_logs
 
 from kwsd.audio import BoundedAudioQueue
@@ -19,8 +19,7 @@ from kwsd.audio.silence import SilenceWatchdog, mic_silence_hint
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    wav = tmp_path_factory.mktemp("speech") / "s.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), "hey computer"], check=True)
+    wav = espeak_wav(tmp_path_factory.mktemp("speech") / "s.wav", "hey computer", voice="en-us")
     data, rate = sf.read(wav, dtype="float32")
     # espeak pads with exact zeros; keep only the voiced part so the test controls silence.
     return np.trim_zeros(soxr.resample(data, rate, SAMPLE_RATE).astype(np.float32))

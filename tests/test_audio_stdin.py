@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soxr
+from engine_support import espeak_wav
 from structlog.testing import capture_logs
 
 from kwsd.audio import BoundedAudioQueue
@@ -24,11 +25,9 @@ from kwsd.errors import AudioError
 
 @pytest.fixture(scope="module")
 def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    wav = tmp_path_factory.mktemp("speech") / "s.wav"
-    subprocess.run(
-        ["espeak-ng", "-v", "en-us", "-w", str(wav), "turn off the kitchen lights"], check=True
+    return espeak_wav(
+        tmp_path_factory.mktemp("speech") / "s.wav", "turn off the kitchen lights", voice="en-us"
     )
-    return wav
 
 
 def sox_raw(wav: Path, rate: int, channels: int) -> bytes:

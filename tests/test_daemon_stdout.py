@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 from daemon_support import (
-    espeak,
     json_lines,
     make_settings,
     make_speech,
     running,
     wait_until,
 )
+from engine_support import espeak_wav
 
 from kwsd.backends.base import Backend
 from kwsd.backends.replay import ReplayBackend, read_frames
@@ -80,7 +80,7 @@ async def test_replayed_real_encoder_frames_find_light_up(tmp_path: Path, assets
 
 
 async def test_refractory_period_drops_quick_repeats(tmp_path: Path, assets: Path) -> None:
-    twice = espeak(tmp_path / "twice.wav", "hey computer hey computer")
+    twice = espeak_wav(tmp_path / "twice.wav", "hey computer hey computer")
     found = {}
     for seconds in (0.0, 3.0):
         settings = make_settings(

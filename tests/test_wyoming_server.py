@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy.typing as npt
 import pytest
 import soundfile as sf
 import soxr
+from engine_support import espeak_wav
 
 from kwsd.backends.base import Backend
 from kwsd.backends.loader import load_backend
@@ -40,8 +40,7 @@ class Speech:
 
 
 def _espeak(text: str, path: Path) -> Speech:
-    subprocess.run(["espeak-ng", "-v", "en-us+m3", "-w", str(path), text], check=True)
-    pcm, rate = sf.read(path, dtype="int16")
+    pcm, rate = sf.read(espeak_wav(path, text), dtype="int16")
     return Speech(pcm, rate)
 
 
