@@ -23,7 +23,7 @@ from kwsd.detection import Detection
 from kwsd.engine import Spotter
 from kwsd.keywords import KeywordSet
 from kwsd.model.loaded import LoadedModel
-from kwsd.search import KeywordSearch
+from kwsd.search import KeywordSearch, SearchOptions
 
 BLOCK_SECONDS = 0.1  # decode files in microphone-sized pieces: the streaming path
 
@@ -44,21 +44,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_decode_frames)
 
 
-def _prepare(args: argparse.Namespace) -> tuple[LoadedModel, KeywordSet, argparse.Namespace]:
+def _prepare(args: argparse.Namespace) -> tuple[LoadedModel, KeywordSet, SearchOptions]:
     settings, model, keywords = load_model_and_keywords(
         args, "pass --keywords PHRASE or --keywords-file F"
     )
     for warning in keywords.warnings:
         print(f"kwsd: warning: {warning}", file=sys.stderr)
-    args.search_options = search_options(settings)
-    return model, keywords, args
+    return model, keywords, search_options(settings)
 
 
 def _detect(args: argparse.Namespace) -> int:
-    model, keywords, args = _prepare(args)
+    model, keywords, options = _prepare(args)
     for path in args.audio:
         samples = read_audio(path)
-        spotter = Spotter(model.backend, keywords, args.search_options)
+        spotter = Spotter(model.backend, keywords, options)
         block = int(BLOCK_SECONDS * 16000)
         for start in range(0, len(samples), block):
             _print(path, spotter.accept_waveform(samples[start : start + block]), args.json)
@@ -67,10 +66,10 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _decode_frames(args: argparse.Namespace) -> int:
-    model, keywords, args = _prepare(args)
+    model, keywords, options = _prepare(args)
     frames = read_frames(args.frames)
     replay = ReplayBackend(model.backend, frames)
-    search = KeywordSearch(replay, keywords, args.search_options)
+    search = KeywordSearch(replay, keywords, options)
     _print(args.frames, search.step(frames), args.json)
     return 0
 

@@ -48,6 +48,14 @@ def _log_add(a: float, b: float) -> float:
     return hi + float(np.log1p(np.exp(lo - hi)))
 
 
+def _build_graph(keywords: KeywordSet) -> ContextGraph:
+    return ContextGraph(
+        GraphEntry(ids, kw.boost, kw.threshold, index, pieces)
+        for index, kw in enumerate(keywords.keywords)
+        for ids, pieces in zip(kw.token_ids, kw.sequences, strict=True)
+    )
+
+
 class KeywordSearch:
     """One stream's search state; the backend and keyword set may be shared."""
 
@@ -71,33 +79,22 @@ class KeywordSearch:
         self._reset_frames = max(1, round(reset_s / self._frame_s))
         self._blank = backend.blank_id
         self._context = backend.context_size
+        # The decoder context of a path with no tokens yet: "none" padding, then blank.
+        self._empty_ys = (-1,) * (self._context - 1) + (self._blank,)
         self._dec_cache: dict[tuple[int, ...], FloatArray] = {}
         self.frame = 0  # absolute encoder frame index of the next frame
-        self.set_keywords(keywords)
+        self.keywords, self.graph = keywords, _build_graph(keywords)
         self._pending: tuple[KeywordSet, ContextGraph] | None = None
         self.reset()
 
     # -- keyword list -------------------------------------------------------------
     def set_keywords(self, keywords: KeywordSet) -> None:
         """Swap the keyword list; callers on other threads get it at the next frame."""
-        graph = ContextGraph(
-            GraphEntry(ids, kw.boost, kw.threshold, index, pieces)
-            for index, kw in enumerate(keywords.keywords)
-            for ids, pieces in zip(kw.token_ids, kw.sequences, strict=True)
-        )
-        if hasattr(self, "graph"):
-            self._pending = (keywords, graph)
-        else:
-            self.keywords, self.graph = keywords, graph
-
-    @property
-    def active_keywords(self) -> KeywordSet:
-        return self._pending[0] if self._pending else self.keywords
+        self._pending = (keywords, _build_graph(keywords))
 
     def reset(self) -> None:
         """Forget partial matches (not stream time)."""
-        start = (-1,) * (self._context - 1) + (self._blank,)
-        self._hyps: list[_Hyp] = [_Hyp(ys=start, log_prob=0.0, state=self.graph.root)]
+        self._hyps: list[_Hyp] = [_Hyp(ys=self._empty_ys, log_prob=0.0, state=self.graph.root)]
 
     # -- decoding -----------------------------------------------------------------
     def _decoder_out(self, hyps: list[_Hyp]) -> FloatArray:
@@ -156,8 +153,7 @@ class KeywordSearch:
             else:
                 score, state = self.graph.forward(parent.state, tok)
                 if state is self.graph.root:
-                    start = (-1,) * (self._context - 1) + (self._blank,)
-                    hyp = _Hyp(start, new_lp + score, state)
+                    hyp = _Hyp(self._empty_ys, new_lp + score, state)
                 else:
                     hyp = _Hyp(
                         (*parent.ys, tok),
