@@ -43,7 +43,6 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
-    TomlConfigSettingsSource,
 )
 
 from kwsd.errors import ConfigError
@@ -566,14 +565,22 @@ class _LoadedFile:
 _CURRENT_FILE: ContextVar[_LoadedFile | None] = ContextVar("kwsd_config_file", default=None)
 
 
-class _TomlSource(TomlConfigSettingsSource):
-    """The chosen config.toml, already parsed, with relative paths made file-relative."""
+class _ParsedFileSource(PydanticBaseSettingsSource):
+    """The chosen config.toml, already parsed by `read_config_file` (paths file-relative).
 
-    def _read_file(self, file_path: Path) -> dict[str, Any]:
-        loaded = _CURRENT_FILE.get()
-        if loaded is not None and loaded.path == file_path:
-            return loaded.data
-        return read_config_file(file_path)
+    A source of kwsd's own on pydantic-settings' public base class: the file is read once,
+    with kwsd's error messages, and handed over as data.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
 
 
 class Settings(BaseSettings):
@@ -646,7 +653,7 @@ class Settings(BaseSettings):
         loaded = _CURRENT_FILE.get()
         if loaded is None:
             return (init_settings, env_settings)
-        return (init_settings, env_settings, _TomlSource(settings_cls, toml_file=loaded.path))
+        return (init_settings, env_settings, _ParsedFileSource(settings_cls, loaded.data))
 
     @field_validator("site_id")
     @classmethod

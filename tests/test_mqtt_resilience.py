@@ -18,7 +18,7 @@ from mqtt_broker import Mosquitto, link_options, running, wait_until
 
 from kwsd.detection import Detection
 from kwsd.keywords.spec import KeywordSpec
-from kwsd.mqtt import KeywordsPayload, MqttLink
+from kwsd.mqtt import KeywordsPayload, MqttLink, MqttOptions
 
 Predicate = Callable[[aiomqtt.Message], bool]
 KEYWORDS = KeywordsPayload(3, (KeywordSpec(phrase="LIGHT UP"),))
@@ -207,3 +207,41 @@ async def test_last_will_offline_when_the_process_is_killed(
         if child.returncode is None:
             child.kill()
             await child.wait()
+
+
+async def test_connect_attempts_to_a_silent_broker_leave_no_socket_open() -> None:
+    """A broker that accepts TCP but never sends CONNACK (a hung or overloaded one).
+
+    Every timed-out attempt must close its socket: over a long outage a leak of one
+    descriptor per attempt exhausts the daemon's file descriptors.
+    """
+    accepted = 0
+    open_connections: set[asyncio.StreamWriter] = set()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        open_connections.add(writer)
+        try:
+            while await reader.read(1024):
+                pass  # swallow CONNECT and DISCONNECT, answer nothing
+        finally:
+            open_connections.discard(writer)
+            writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    link = MqttLink(
+        MqttOptions(
+            host="127.0.0.1", port=port, base_topic="kwsd/silent", timeout_seconds=0.2,
+            reconnect_min_seconds=0.01, reconnect_max_seconds=0.05,
+        ),
+        site="kitchen", model="m",
+    )  # fmt: skip
+    async with server, running(link, connect=False):
+        await wait_until(lambda: accepted >= 6, within=20, what="six connect attempts")
+        # The attempt in progress may hold one connection; every earlier one was closed.
+        await wait_until(
+            lambda: len(open_connections) <= 1, within=5, what="timed-out attempts to close"
+        )
+        assert not link.connected

@@ -294,7 +294,7 @@ class MqttLink:
             # aiomqtt reports a connection that died before CONNACK (e.g. a TLS alert
             # "certificate required" after the handshake) only as a timeout; paho
             # logged the real cause.
-            _abandon(client)
+            await _abandon(client, self.options.timeout_seconds)
             seen = paho_log.last_error
             cause: BaseException = exc
             if seen and "timed out" in str(exc):
@@ -563,16 +563,17 @@ def _task_error(*tasks: asyncio.Future[Any]) -> BaseException:
     return ConnectionError("the connection closed")
 
 
-def _abandon(client: aiomqtt.Client) -> None:
+async def _abandon(client: aiomqtt.Client, timeout: float) -> None:
     """Close what a failed connection attempt left open.
 
     After a CONNACK timeout aiomqtt keeps paho's socket, and the event loop keeps
-    watching it; over a long outage that would leak one descriptor per attempt.
+    watching it; over a long outage that would leak one descriptor per attempt. The
+    client's own exit sends DISCONNECT and closes that socket (or, when the socket is
+    already gone, just resets the client).
     """
-    reset = getattr(getattr(client, "_client", None), "_reset_sockets", None)
-    if callable(reset):
-        with contextlib.suppress(Exception):
-            reset()
+    with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
+        async with asyncio.timeout(timeout):
+            await client.__aexit__(None, None, None)
 
 
 def _default_client_id(site: str) -> str:
