@@ -20,7 +20,7 @@ from kwsd.errors import ConfigError, ExitCode
 from kwsd.keywords.spec import KeywordSpec
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLE = REPO / "config.example.toml"
+EXAMPLE = REPO / "kwsd" / "data" / "config.example.toml"
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""`kwsd config check|path`, plus the config options every daemon-like sub-command shares.
+"""`kwsd config check|path|init`, plus the config options every daemon-like sub-command shares.
 
 `add_config_args` and `settings_from_args` are what `kwsd run`, `kwsd wyoming` and friends
 use, so `--config`, `--log-level`, `--log-format` and `--set KEY=VALUE` behave the same in
@@ -12,6 +12,7 @@ import json
 import sys
 import tomllib
 import types
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
@@ -143,6 +144,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     where.add_argument("--config", type=Path, metavar="FILE", help="an explicit config file")
     where.set_defaults(func=_path)
 
+    init = actions.add_parser(
+        "init",
+        help="write the commented example config (never overwrites)",
+        description="Write the commented example configuration, which documents every "
+        f"option and its default, to PATH (default: {default_config_file()}). An existing "
+        "file is never overwritten.",
+    )
+    init.add_argument("path", nargs="?", type=Path, metavar="PATH", help="where to write it")
+    init.set_defaults(func=_init)
+
 
 def _check(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
@@ -162,6 +173,31 @@ def _path(args: argparse.Namespace) -> int:
     path, origin = resolve_config_path(args.config)
     print(f"{path} (from {origin})" if path is not None else origin)
     print(f"default location: {default_config_file()}")
+    return 0
+
+
+def example_config() -> str:
+    """The commented example, shipped in the package so that a wheel install has it too."""
+    return (resources.files("kwsd") / "data" / "config.example.toml").read_text(encoding="utf-8")
+
+
+def _init(args: argparse.Namespace) -> int:
+    target: Path = (args.path or default_config_file()).expanduser()
+    if target.is_dir():
+        target = target / "config.toml"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("x", encoding="utf-8") as out:  # "x": refuse to overwrite
+            out.write(example_config())
+    except FileExistsError:
+        raise ConfigError(
+            f"{target} already exists; kwsd config init never overwrites a config. Edit it, "
+            "or move it away and run this again"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
+    print(f"wrote {target}")
+    print(f"next: edit it, then `kwsd config check --config {target}`", file=sys.stderr)
     return 0
 
 

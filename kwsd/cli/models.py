@@ -26,7 +26,7 @@ from kwsd.model.bundle import (
     detect_layout,
     open_bundle,
 )
-from kwsd.model.locations import default_models_dir
+from kwsd.model.locations import SYSTEM, default_models_dir
 from kwsd.model.manifest import Manifest, ModelSource, load_manifest
 from kwsd.model.resolve import (
     coreml_runtime_available,
@@ -46,6 +46,29 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "sha256 pins; see kwsd/data/models.toml)",
     )
     add_config_args(parser)
+
+
+def _add_dest(parser: argparse.ArgumentParser, what: str) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--dest",
+        type=Path,
+        metavar="DIR",
+        help=f"models directory {what} (default: {default_models_dir()})",
+    )
+    where.add_argument(
+        "--system",
+        action="store_true",
+        help=f"the system-wide service's models directory, {SYSTEM.models} (needs root "
+        "to write; `kwsd service install --system` reads it)",
+    )
+
+
+def _models_dir(args: argparse.Namespace) -> Path:
+    if args.system:
+        return default_models_dir(system=True)
+    dest: Path | None = args.dest
+    return (dest or default_models_dir()).expanduser()
 
 
 def register(subparsers: Any) -> None:
@@ -76,12 +99,7 @@ def register(subparsers: Any) -> None:
         choices=("int8", "fp32"),
         help="precision the install must be usable with (default: model.precision)",
     )
-    pull.add_argument(
-        "--dest",
-        type=Path,
-        metavar="DIR",
-        help=f"models directory to install into (default: {default_models_dir()})",
-    )
+    _add_dest(pull, "to install into")
     pull.add_argument(
         "--url",
         metavar="URL",
@@ -109,12 +127,7 @@ def register(subparsers: Any) -> None:
         "list",
         help="show known models, where they are installed, and which one kwsd would use",
     )
-    listing.add_argument(
-        "--dest",
-        type=Path,
-        metavar="DIR",
-        help=f"models directory to look in (default: {default_models_dir()})",
-    )
+    _add_dest(listing, "to look in")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _common(listing)
     listing.set_defaults(func=_list)
@@ -139,12 +152,7 @@ def register(subparsers: Any) -> None:
         choices=("int8", "fp32"),
         help="precision whose files must be present (default: model.precision)",
     )
-    verify.add_argument(
-        "--dest",
-        type=Path,
-        metavar="DIR",
-        help=f"models directory to check when DIR is not given (default: {default_models_dir()})",
-    )
+    _add_dest(verify, "to check when DIR is not given")
     _common(verify)
     verify.set_defaults(func=_verify)
 
@@ -190,7 +198,7 @@ def _pull(args: argparse.Namespace) -> int:
         source = source.with_repo(repo)
     if args.url and layout != "onnx":
         raise ModelError("--url applies to the ONNX archive; use --repo for the CoreML bundle")
-    dest = (args.dest or default_models_dir()).expanduser()
+    dest = _models_dir(args)
 
     bundle, downloaded = pull(
         source, dest, precision=precision, progress=args.progress, force=args.force
@@ -248,7 +256,7 @@ def _settings_row(
 def _list(args: argparse.Namespace) -> int:
     settings = _settings(args)
     manifest = load_manifest(args.manifest)
-    base = (args.dest or default_models_dir()).expanduser()
+    base = _models_dir(args)
     precision = settings.model.precision
     rows: list[dict[str, Any]] = []
     for source in manifest.models:
@@ -349,7 +357,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.dir is not None:
         roots = [find_model_root(args.dir.expanduser(), manifest, ("onnx", "coreml"))]
     else:
-        base = (args.dest or default_models_dir()).expanduser()
+        base = _models_dir(args)
         roots = [
             base / s.install_dir for s in manifest.models if detect_layout(base / s.install_dir)
         ]

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import platformdirs
 
+from kwsd.model.locations import SYSTEM
 from kwsd.service.plan import ServiceError
 
 APP = "kwsd"
 CONFIG_NAME = "config.toml"
-SYSTEM_CONFIG = Path("/etc/kwsd") / CONFIG_NAME
+SYSTEM_CONFIG = SYSTEM.config / CONFIG_NAME
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def resolve_context(
     home = Path.home()
     if system:
         # Fixed by the unit: StateDirectory=kwsd and CacheDirectory=kwsd.
-        data_dir, cache_dir = Path("/var/lib/kwsd"), Path("/var/cache/kwsd")
+        data_dir, cache_dir = SYSTEM.data, SYSTEM.cache
     else:
         data_dir = platformdirs.user_data_path(APP)
         cache_dir = platformdirs.user_cache_path(APP)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from kwsd.model.locations import SYSTEM
 from kwsd.service import launchd, systemd
 from kwsd.service.context import SYSTEM_CONFIG, ServiceContext
 
@@ -53,8 +54,8 @@ def render_examples() -> dict[str, str]:
         config=SYSTEM_CONFIG,
         home=Path("/root"),
         uid=0,
-        data_dir=Path("/var/lib/kwsd"),
-        cache_dir=Path("/var/cache/kwsd"),
+        data_dir=SYSTEM.data,
+        cache_dir=SYSTEM.cache,
         system=True,
     )
     mac = ServiceContext(

@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kwsd.errors import ExitCode
+from kwsd.model.locations import SYSTEM
 from kwsd.service.context import ServiceContext
 from kwsd.service.plan import Command, MakeDir, Plan, RemoveFile, WriteFile
 
@@ -141,10 +142,10 @@ def render_system_unit(ctx: ServiceContext) -> str:
     service = _service_common(ctx)
     service += [
         "# kwsd finds its data, cache and config through the XDG variables:",
-        "# /var/lib/kwsd, /var/cache/kwsd, /etc/kwsd.",
-        environment_line("XDG_DATA_HOME", "/var/lib"),
-        environment_line("XDG_CACHE_HOME", "/var/cache"),
-        environment_line("XDG_CONFIG_HOME", "/etc"),
+        f"# {SYSTEM.data}, {SYSTEM.cache} (models: {SYSTEM.models}), {SYSTEM.config}.",
+        environment_line("XDG_DATA_HOME", str(SYSTEM.xdg_data_home)),
+        environment_line("XDG_CACHE_HOME", str(SYSTEM.xdg_cache_home)),
+        environment_line("XDG_CONFIG_HOME", str(SYSTEM.xdg_config_home)),
         "DynamicUser=yes",
         "SupplementaryGroups=audio",
         "StateDirectory=kwsd",
@@ -228,15 +229,17 @@ def install_plan(ctx: ServiceContext, *, sandbox: bool = True) -> Plan:
         Command(
             _systemctl(ctx, "restart", UNIT_NAME),
             hint="The unit is installed and enabled but did not start; see "
-            "`kwsd service logs`. Exit status 78 means no model: run `kwsd models pull`, "
-            "then `kwsd service restart`.",
+            "`kwsd service logs`. Exit status 78 means no model: run "
+            f"`kwsd models pull{' --system' if ctx.system else ''}`, then "
+            f"`kwsd service restart{' --system' if ctx.system else ''}`.",
         ),
     ]
     flag = " --system" if ctx.system else ""
     notes = [f"kwsd is running; see `kwsd service status{flag}` and `kwsd service logs -f{flag}`."]
     if ctx.system:
         notes.append(
-            "The service keeps models and state in /var/lib/kwsd and reads /etc/kwsd/config.toml."
+            f"The service reads models from {SYSTEM.models} (`sudo kwsd models pull --system`), "
+            f"keeps its state in {SYSTEM.data} and reads {SYSTEM.config}/config.toml."
         )
     else:
         notes.append(
