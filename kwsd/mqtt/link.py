@@ -563,7 +563,7 @@ def _task_error(*tasks: asyncio.Future[Any]) -> BaseException:
     return ConnectionError("the connection closed")
 
 
-async def _abandon(client: aiomqtt.Client, timeout: float) -> None:
+async def _abandon(client: aiomqtt.Client, give_up_after: float) -> None:
     """Close what a failed connection attempt left open.
 
     After a CONNACK timeout aiomqtt keeps paho's socket, and the event loop keeps
@@ -572,7 +572,7 @@ async def _abandon(client: aiomqtt.Client, timeout: float) -> None:
     already gone, just resets the client).
     """
     with contextlib.suppress(aiomqtt.MqttError, OSError, TimeoutError):
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(give_up_after):
             await client.__aexit__(None, None, None)
 
 
