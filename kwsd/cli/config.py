@@ -103,9 +103,14 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
     for item in getattr(args, "config_set", None) or []:
         key, value = parse_set_option(item)
         cli[key] = value
-    cli["log.level"] = getattr(args, "log_level", None)
-    cli["log.format"] = getattr(args, "log_format", None)
-    cli.update(overrides)
+    flags = {
+        "log.level": getattr(args, "log_level", None),
+        "log.format": getattr(args, "log_format", None),
+        **overrides,
+    }
+    # A flag that was not given is None. Dropping it here, not later, matters: a flag's
+    # key is often the same dotted key as a --set, and a None would erase that --set.
+    cli.update({key: value for key, value in flags.items() if value is not None})
     return load_settings(getattr(args, "config", None), cli)
 
 
