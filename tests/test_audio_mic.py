@@ -20,6 +20,7 @@ import fcntl
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -566,7 +567,10 @@ DEVICES_MAIN = (
 
 
 def portaudio_library() -> Path:
-    listing = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True)
+    # ldconfig lives in /sbin, which a user's PATH (and CI's PATH=/usr/bin:/bin) may lack.
+    ldconfig = shutil.which("ldconfig", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    assert ldconfig is not None, "ldconfig not found"
+    listing = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, check=True)
     for line in listing.stdout.splitlines():
         if "libportaudio.so.2" in line and "=>" in line:
             return Path(line.split("=>")[1].strip()).resolve()
