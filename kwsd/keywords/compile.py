@@ -30,16 +30,6 @@ class Keyword:
     boost: float
     threshold: float
 
-    def to_spec(self) -> KeywordSpec:
-        return KeywordSpec(
-            phrase=self.phrase,
-            pieces=self.pieces,
-            boost=self.boost,
-            threshold=self.threshold,
-            display=self.display,
-            alternates=self.sequences[1:],
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class KeywordSet:
