@@ -249,7 +249,7 @@ def test_client_key_not_matching_is_a_config_error(mosquitto_tls: Mosquitto) -> 
 def test_no_host_means_no_broker() -> None:
     """Bad values never reach here: the config tests prove each one is refused on load."""
     for host in (None, " "):  # a blank host is no host, as docker-compose writes it
-        with pytest.raises(ConfigError, match="mqtt.host is not set"):
+        with pytest.raises(ConfigError, match=r"mqtt\.host is not set"):
             MqttOptions.from_settings(settings(host=host))
 
 

@@ -56,8 +56,8 @@ def _existing(path: Path, origin: str) -> Path:
         raise ConfigError(f"config file {path} (from {origin}) is a directory; give a .toml file")
     if not path.is_file():
         raise ConfigError(
-            f"config file {path} (from {origin}) does not exist; check the path, or start from "
-            "config.example.toml"
+            f"config file {path} (from {origin}) does not exist; check the path, or create it "
+            "with `kwsd config init`"
         )
     return path.absolute()  # stable in messages even if the daemon changes directory
 

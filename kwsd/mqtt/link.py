@@ -25,8 +25,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from kwsd.detection import Detection
+from kwsd.backoff import Backoff
 from kwsd.errors import KwsdError
-from kwsd.mqtt.backoff import Backoff
 from kwsd.mqtt.commands import (
     Command,
     CommandError,
