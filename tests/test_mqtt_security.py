@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mqtt_broker import PASSWORD, USERNAME, Mosquitto, free_port, link_options, running, wait_until
+from async_support import wait_until
+from mqtt_broker import PASSWORD, USERNAME, Mosquitto, free_port, link_options, running
 from pydantic import SecretStr
 
 from kwsd.config import MqttSettings
