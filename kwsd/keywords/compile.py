@@ -144,7 +144,10 @@ def _sequences(spec: KeywordSpec, tokenizer: Tokenizer, label: str) -> list[tupl
 
 
 def _weakness(pieces: tuple[str, ...]) -> list[str]:
-    """Warn about keywords the model rarely locks onto, or that fire too easily (SPEC §4)."""
+    """Warn about keywords the model rarely locks onto, or that fire too easily.
+
+    The rules are in docs/algorithm.md §4.
+    """
     words = sum(1 for p in pieces if p.startswith("▁"))
     if len(pieces) == 1:
         return [

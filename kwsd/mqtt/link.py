@@ -24,8 +24,8 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from kwsd.detection import Detection
 from kwsd.backoff import Backoff
+from kwsd.detection import Detection
 from kwsd.errors import KwsdError
 from kwsd.mqtt.commands import (
     Command,
