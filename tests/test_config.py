@@ -14,7 +14,15 @@ import pytest
 
 import kwsd.cli
 from kwsd.cli.config import add_config_args, parse_set_option, settings_from_args, to_toml
-from kwsd.config import Settings, default_site_id, load_settings, walk
+from kwsd.config import (
+    Settings,
+    TlsSettings,
+    default_site_id,
+    follow,
+    load_settings,
+    lookup_field,
+    walk,
+)
 from kwsd.errors import ConfigError, ExitCode
 from kwsd.keywords.spec import KeywordSpec
 
@@ -464,6 +472,35 @@ def test_every_field_has_a_description() -> None:
     assert {"mqtt.tls.enabled", "keywords.entries", "log.format"} <= {f.dotted for f in fields}
     undocumented = [field.dotted for field in fields if not field.description]
     assert not undocumented
+
+
+def test_one_field_walk_serves_keys_error_locations_paths_and_secrets() -> None:
+    enabled = lookup_field("mqtt.tls.enabled")
+    assert enabled is not None and enabled.dotted == "mqtt.tls.enabled"
+    tls = lookup_field("mqtt.tls")
+    assert tls is not None and tls.section is TlsSettings
+    assert lookup_field("mqtt.port.x") is None and lookup_field("mqtt.hots") is None
+    assert lookup_field("keywords.entries.phrase") is None  # entries are an array of tables
+
+    entry = follow(Settings, ("keywords", "entries", 0, "threshold"))
+    assert entry.keys == ("keywords", "entries", 0, "threshold") and entry.model is None
+    assert entry.field is not None and entry.field.name == "threshold"
+    branch = follow(Settings, ("audio", "device", "str"))  # pydantic's union-branch suffix
+    assert branch.keys == ("audio", "device")
+
+    fields = list(walk(Settings))
+    assert [f.dotted for f in fields if f.is_secret] == ["mqtt.password"]
+    assert {f.dotted for f in fields if f.is_path} == {
+        "assets",
+        "data_dir",
+        "model.dir",
+        "keywords.file",
+        "audio.file",
+        "mqtt.tls.ca_certs",
+        "mqtt.tls.certfile",
+        "mqtt.tls.keyfile",
+        "mqtt.password_file",
+    }
 
 
 # --- command line -----------------------------------------------------------------------
