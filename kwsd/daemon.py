@@ -170,7 +170,7 @@ class Daemon:
             Path(settings.data_dir) / STATE_FILE_NAME,
             self.mute,
         )
-        config = await asyncio.to_thread(config_keywords, settings)
+        config = await asyncio.to_thread(config_keywords, settings.keywords, settings.search)
         await asyncio.to_thread(registry.load, config)
         self.registry = registry
         if self._stop.is_set():
@@ -425,7 +425,7 @@ class Daemon:
         log.info("reloading configuration")
         try:
             new = await asyncio.to_thread(self._reload_settings)
-            config = await asyncio.to_thread(config_keywords, new)
+            config = await asyncio.to_thread(config_keywords, new.keywords, new.search)
         except KwsdError as exc:
             log.error(
                 "configuration reload rejected; the running configuration stays",
@@ -541,9 +541,4 @@ def _is_live(key: str) -> bool:
     return any(key == live or key.startswith(live + ".") for live in _LIVE_SETTINGS)
 
 
-async def run_daemon(settings: Settings, **options: Any) -> int:
-    """Run until stopped; the exit code for `kwsd run`."""
-    return await Daemon(settings, **options).run()
-
-
-__all__ = ["Daemon", "run_daemon", "search_options"]
+__all__ = ["Daemon", "search_options"]

@@ -1,4 +1,4 @@
-"""Streaming Kaldi fbank features and the 45/32 encoder chunker (SPEC §1, §2).
+"""Streaming Kaldi fbank features and the 45/32 encoder chunker (docs/algorithm.md §1, §2).
 
 The options mirror how sherpa-onnx/icefall configure kaldi-native-fbank for this model;
 getting one of them wrong degrades recognition silently, which is why they live in one

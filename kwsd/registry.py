@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import structlog
 from pydantic import ValidationError
@@ -49,6 +49,9 @@ from kwsd.keywords import (
 )
 from kwsd.mqtt.commands import Command, CommandResult
 from kwsd.mqtt.payloads import KeywordsPayload, spec_to_dict
+
+if TYPE_CHECKING:
+    from kwsd.config import KeywordsSettings, SearchSettings
 
 log = structlog.get_logger("kwsd.registry")
 
@@ -78,26 +81,24 @@ class ConfigKeywords:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def config_keywords(settings: Any) -> ConfigKeywords:
-    """Read the configured keywords from a `Settings`: inline entries, then the file.
+def config_keywords(keywords: KeywordsSettings, search: SearchSettings) -> ConfigKeywords:
+    """The configured keywords: the `[keywords]` entries, then the file's; search defaults.
 
     Blocking (reads the keywords file). Raises KeywordError naming the file on a bad one.
     """
-    kw = settings.keywords
-    specs: list[KeywordSpec] = list(kw.items)
-    if kw.file is not None:
-        path = Path(kw.file)
-        if not path.is_file():
+    specs: list[KeywordSpec] = list(keywords.items)
+    if keywords.file is not None:
+        if not keywords.file.is_file():
             raise KeywordError(
-                f"keywords file {path} (keywords.file) does not exist; create it or remove "
-                "the setting"
+                f"keywords file {keywords.file} (keywords.file) does not exist; create it or "
+                "remove the setting"
             )
-        specs.extend(load_keyword_file(path))
+        specs.extend(load_keyword_file(keywords.file))
     return ConfigKeywords(
         specs=tuple(specs),
-        boost=settings.search.boost,
-        threshold=settings.search.threshold,
-        file=Path(kw.file) if kw.file is not None else None,
+        boost=search.boost,
+        threshold=search.threshold,
+        file=keywords.file,
     )
 
 

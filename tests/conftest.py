@@ -1,4 +1,8 @@
-"""Shared fixtures: where the real assets live (never copied into the repo)."""
+"""Shared fixtures: where the real assets live (never copied into the repo), and plugins.
+
+The plugins hold the fixtures every module may use: the mosquitto brokers (mqtt_broker)
+and the generated `speech` (engine_support).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
-from mqtt_broker import (  # noqa: F401
-    mosquitto,
-    mosquitto_auth,
-    mosquitto_restartable,
-    mosquitto_tls,
-    mqtt_base_topic,
-)
+
+pytest_plugins = ("mqtt_broker", "engine_support")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the daemon tests (no tests here): speech, settings, running a daemon."""
+"""Helpers shared by the daemon tests (no tests here): settings, running a daemon."""
 
 from __future__ import annotations
 
@@ -6,26 +6,13 @@ import asyncio
 import contextlib
 import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-from engine_support import espeak_wav
-
 from kwsd.config import Settings, load_settings
 from kwsd.daemon import Daemon
-
-SENTENCE = "good evening, hey computer, turn on the lights please"
-
-
-def make_speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """espeak-ng speech with HEY COMPUTER (~1.0-1.6 s) and TURN ON THE LIGHTS (~2.0-2.6 s).
-
-    Each test module wraps this in its own `speech` fixture (importing fixtures across
-    modules is fragile)."""
-    return espeak_wav(tmp_path_factory.mktemp("speech") / "speech.wav", SENTENCE)
 
 
 def make_settings(
@@ -84,14 +71,6 @@ async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task[int]]:
                 await task
             raise
         assert code == 0
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 15.0, what: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what or predicate}")
-        await asyncio.sleep(0.02)
 
 
 def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:

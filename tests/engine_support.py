@@ -1,4 +1,4 @@
-"""Helpers for tests that need generated speech or run the real decoder/joiner."""
+"""Generated speech for tests, and the `speech` fixture (a pytest plugin, see conftest)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from kwsd.audio.file import read_audio
+
+SENTENCE = "good evening, hey computer, turn on the lights please"
 
 
 def espeak_wav(path: Path, text: str, voice: str = "en-us+m3") -> Path:
@@ -20,3 +23,9 @@ def espeak_wav(path: Path, text: str, voice: str = "en-us+m3") -> Path:
 def espeak(text: str, path: Path, voice: str = "en-us+m3") -> npt.NDArray[np.float32]:
     """Generated speech (espeak-ng), resampled to 16 kHz mono."""
     return read_audio(espeak_wav(path, text, voice))
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """espeak-ng speech with HEY COMPUTER (~1.0-1.6 s) and TURN ON THE LIGHTS (~2.0-2.6 s)."""
+    return espeak_wav(tmp_path_factory.mktemp("speech") / "speech.wav", SENTENCE)

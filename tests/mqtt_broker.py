@@ -29,6 +29,7 @@ from typing import Any
 
 import aiomqtt
 import pytest
+from async_support import wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -472,17 +473,6 @@ async def running(link: MqttLink, *, connect: bool = True) -> AsyncIterator[asyn
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def wait_until(
-    predicate: Callable[[], bool], *, within: float = 10.0, what: str = "the condition"
-) -> None:
-    """Poll `predicate` on the event loop; fail the test if it stays false."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # ---------------------------------------------------------------------- fixtures

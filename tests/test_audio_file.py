@@ -223,15 +223,9 @@ def test_directory_is_not_a_file(tmp_path: Path) -> None:
         open_source(AudioOptions(source="file", file=tmp_path))
 
 
-def test_open_source_from_settings_object(speech_22k: Path) -> None:
-    class Settings:  # any object with AudioSettings' attribute names works
-        source = "file"
-        file = str(speech_22k)
-        realtime = False
-        loop = True
-        block_ms = 50
-
-    source = open_source(Settings())
+def test_open_source_carries_the_file_knobs(speech_22k: Path) -> None:
+    settings = AudioSettings(source="file", file=speech_22k, realtime=False, loop=True, block_ms=50)
+    source = open_source(settings)
     assert isinstance(source, FileSource)
     assert source.options.loop and source.options.block_ms == 50 and not source.live
 

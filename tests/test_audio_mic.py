@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from async_support import wait_until
 from engine_support import espeak_wav
 from structlog.testing import capture_logs
 
@@ -163,16 +164,14 @@ async def collect(queue: BoundedAudioQueue, n_samples: int) -> list[AudioBlock]:
 
 
 async def logged_any(logs: list[MutableMapping[str, Any]], events: tuple[str, ...]) -> None:
-    async with asyncio.timeout(10):
-        while not any(e["event"] in events for e in logs):  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    await wait_until(lambda: any(e["event"] in events for e in logs), within=10, what=str(events))
 
 
 async def logged(logs: list[MutableMapping[str, Any]], event: str, count: int) -> None:
     """Wait until structlog captured `count` `event` entries (capture_logs has no hook)."""
-    async with asyncio.timeout(10):
-        while sum(e["event"] == event for e in logs) < count:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    await wait_until(
+        lambda: sum(e["event"] == event for e in logs) >= count, within=10, what=f"{count} {event}"
+    )
 
 
 def wait_until_portaudio_idle() -> None:
@@ -403,9 +402,7 @@ async def test_stalled_device_is_reopened(alsa: FifoCaptureDevices, tmp_path: Pa
             # The device "comes back": audio flows again, which also lets the stuck read
             # (and so the abort of the old stream) return.
             alsa.write("kwsd_desk", np.stack([second16, second16], axis=1))
-            async with asyncio.timeout(10):
-                while source.opens < 2:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: source.opens >= 2, within=10, what="the reopen")
             again = np.tile(second16, 2)
             alsa.write("kwsd_desk", np.stack([again, again], axis=1))
             after: list[AudioBlock] = []
@@ -529,9 +526,7 @@ async def test_device_failing_mid_stream_is_reopened(
             assert not task.done()
             alsa.activate(["kwsd_desk", "kwsd_usb_mic"])  # replugged, healthy again
             opens_before = source.opens
-            async with asyncio.timeout(10):
-                while source.opens <= opens_before:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
+            await wait_until(lambda: source.opens > opens_before, within=10, what="the reopen")
             alsa.write("kwsd_usb_mic", np.stack([speech16, speech16], axis=1))
             blocks: list[AudioBlock] = []
             async with asyncio.timeout(10):

@@ -15,7 +15,7 @@ from kwsd.audio.base import SAMPLE_RATE, StreamClock
 
 
 @pytest.fixture(scope="module")
-def speech(assets: Path) -> np.ndarray:
+def recording(assets: Path) -> np.ndarray:
     data, rate = sf.read(assets / "audio" / "lovely_child.wav", dtype="float32")
     assert rate == SAMPLE_RATE
     return np.asarray(data, dtype=np.float32)
@@ -34,10 +34,10 @@ class FakeClock:
         return self.now
 
 
-async def test_live_overflow_drops_oldest_and_bounds_memory(speech: np.ndarray) -> None:
+async def test_live_overflow_drops_oldest_and_bounds_memory(recording: np.ndarray) -> None:
     clock = FakeClock()
     queue = BoundedAudioQueue(1.0, warn_interval=10.0, clock=clock)
-    blocks = blocks_of(speech, 1600)  # 100 ms blocks, 16.7 s in total
+    blocks = blocks_of(recording, 1600)  # 100 ms blocks, 16.7 s in total
     with capture_logs() as logs:
         for block in blocks:
             queue.put_nowait(block)
@@ -46,7 +46,7 @@ async def test_live_overflow_drops_oldest_and_bounds_memory(speech: np.ndarray) 
     assert len(queue) == 10
     total = sum(b.num_samples for b in blocks)
     assert queue.dropped_samples == total - queue.queued_seconds * SAMPLE_RATE
-    assert queue.dropped_seconds == pytest.approx(len(speech) / SAMPLE_RATE - 1.0, abs=0.1)
+    assert queue.dropped_seconds == pytest.approx(len(recording) / SAMPLE_RATE - 1.0, abs=0.1)
     assert queue.dropped_blocks == len(blocks) - 10
     # The newest audio survives, and the consumer learns that audio was lost before it.
     first = queue.get_nowait()
@@ -63,9 +63,9 @@ async def test_live_overflow_drops_oldest_and_bounds_memory(speech: np.ndarray) 
     )
 
 
-async def test_waiting_put_applies_backpressure(speech: np.ndarray) -> None:
+async def test_waiting_put_applies_backpressure(recording: np.ndarray) -> None:
     queue = BoundedAudioQueue(0.25)
-    blocks = blocks_of(speech[: SAMPLE_RATE * 2], 1600)
+    blocks = blocks_of(recording[: SAMPLE_RATE * 2], 1600)
 
     async def produce() -> None:
         for block in blocks:
@@ -83,9 +83,9 @@ async def test_waiting_put_applies_backpressure(speech: np.ndarray) -> None:
     assert not any(b.discontinuity for b in received)
 
 
-async def test_oversized_block_still_fits_an_empty_queue(speech: np.ndarray) -> None:
+async def test_oversized_block_still_fits_an_empty_queue(recording: np.ndarray) -> None:
     queue = BoundedAudioQueue(0.1)
-    big = StreamClock().stamp(speech[:SAMPLE_RATE], None)  # 1 s block, 0.1 s bound
+    big = StreamClock().stamp(recording[:SAMPLE_RATE], None)  # 1 s block, 0.1 s bound
     await asyncio.wait_for(queue.put(big), 1)
     assert await queue.get() is big
     queue.put_nowait(big)
@@ -93,23 +93,23 @@ async def test_oversized_block_still_fits_an_empty_queue(speech: np.ndarray) -> 
     assert len(queue) == 1 and queue.dropped_seconds == pytest.approx(1.0)
 
 
-async def test_close_drains_then_returns_none(speech: np.ndarray) -> None:
+async def test_close_drains_then_returns_none(recording: np.ndarray) -> None:
     queue = BoundedAudioQueue(5)
-    for block in blocks_of(speech[:4800], 1600):
+    for block in blocks_of(recording[:4800], 1600):
         queue.put_nowait(block)
     queue.close()
     with pytest.raises(QueueClosedError):
-        queue.put_nowait(blocks_of(speech[:1600], 1600)[0])
+        queue.put_nowait(blocks_of(recording[:1600], 1600)[0])
     assert [await queue.get() for _ in range(4)][-1] is None
     assert queue.closed
 
 
-async def test_consumer_waiting_on_empty_queue_wakes_on_put(speech: np.ndarray) -> None:
+async def test_consumer_waiting_on_empty_queue_wakes_on_put(recording: np.ndarray) -> None:
     queue = BoundedAudioQueue(5)
     getter = asyncio.create_task(queue.get())
     await asyncio.sleep(0.01)
     assert not getter.done()
-    block = blocks_of(speech[:1600], 1600)[0]
+    block = blocks_of(recording[:1600], 1600)[0]
     queue.put_nowait(block)
     assert await asyncio.wait_for(getter, 1) is block
 

@@ -18,7 +18,7 @@ from kwsd.audio.silence import SilenceWatchdog, mic_silence_hint
 
 
 @pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+def voiced(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     wav = espeak_wav(tmp_path_factory.mktemp("speech") / "s.wav", "hey computer", voice="en-us")
     data, rate = sf.read(wav, dtype="float32")
     # espeak pads with exact zeros; keep only the voiced part so the test controls silence.
@@ -34,17 +34,17 @@ def zeros(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * SAMPLE_RATE), np.float32)
 
 
-def test_warns_once_per_episode_and_logs_recovery(speech: np.ndarray) -> None:
+def test_warns_once_per_episode_and_logs_recovery(voiced: np.ndarray) -> None:
     dog = SilenceWatchdog(2.0, source="the microphone", hint=mic_silence_hint("darwin"))
     with capture_logs() as logs:
-        feed_in_blocks(dog, speech)
+        feed_in_blocks(dog, voiced)
         feed_in_blocks(dog, zeros(1.9))
         assert not logs  # not yet: under the threshold
         feed_in_blocks(dog, zeros(5.0))  # one long episode: one warning
         assert dog.silent
-        feed_in_blocks(dog, speech)
+        feed_in_blocks(dog, voiced)
         feed_in_blocks(dog, zeros(3.0))  # a second episode
-        feed_in_blocks(dog, speech)
+        feed_in_blocks(dog, voiced)
     events = [e["event"] for e in logs]
     assert events == [
         "audio_digital_silence",
@@ -60,9 +60,9 @@ def test_warns_once_per_episode_and_logs_recovery(speech: np.ndarray) -> None:
     assert dog.episodes == 2
 
 
-def test_quiet_but_real_audio_is_not_silence(speech: np.ndarray) -> None:
+def test_quiet_but_real_audio_is_not_silence(voiced: np.ndarray) -> None:
     dog = SilenceWatchdog(0.5, source="the microphone", hint=mic_silence_hint("linux"))
-    quiet = np.tile(speech * 1e-4, 10)  # a silent room still has a few LSB of noise
+    quiet = np.tile(voiced * 1e-4, 10)  # a silent room still has a few LSB of noise
     with capture_logs() as logs:
         feed_in_blocks(dog, quiet)
     assert logs == []
@@ -75,16 +75,16 @@ def test_platform_hints() -> None:
     assert "kwsd devices" in mic_silence_hint("win32")
 
 
-def test_zero_threshold_disables(speech: np.ndarray) -> None:
+def test_zero_threshold_disables(voiced: np.ndarray) -> None:
     dog = SilenceWatchdog(0.0, source="the microphone", hint="x")
     with capture_logs() as logs:
         feed_in_blocks(dog, zeros(30.0))
     assert logs == [] and not dog.enabled
 
 
-async def test_file_source_reports_a_silent_stretch(speech: np.ndarray, tmp_path: Path) -> None:
+async def test_file_source_reports_a_silent_stretch(voiced: np.ndarray, tmp_path: Path) -> None:
     path = tmp_path / "gap.wav"
-    sf.write(path, np.concatenate([speech, zeros(1.0), speech]), SAMPLE_RATE, subtype="PCM_16")
+    sf.write(path, np.concatenate([voiced, zeros(1.0), voiced]), SAMPLE_RATE, subtype="PCM_16")
     source = FileSource(
         path,
         AudioOptions(source="file", file=path, realtime=False, silence_warning_seconds=0.5),

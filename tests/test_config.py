@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
 import kwsd.cli
 from kwsd.cli.config import add_config_args, parse_set_option, settings_from_args, to_toml
-from kwsd.config import Settings, default_site_id, iter_fields, load_settings
+from kwsd.config import (
+    Settings,
+    TlsSettings,
+    default_site_id,
+    follow,
+    load_settings,
+    lookup_field,
+    walk,
+)
 from kwsd.errors import ConfigError, ExitCode
 from kwsd.keywords.spec import KeywordSpec
 
@@ -373,6 +380,48 @@ def test_tls_settings(tmp_path: Path) -> None:
     assert "`mqtt.tls.ca_certs`" in message and "does not exist" in message
 
 
+@pytest.mark.parametrize(
+    ("values", "where", "reason"),
+    [
+        ({"mqtt.tls.ca_certs": "FILE"}, "[mqtt.tls] settings", "add `enabled = true`"),
+        ({"mqtt.tls": {"enabled": True, "keyfile": "FILE"}}, "[mqtt.tls]", "needs certfile"),
+        ({"mqtt.username": "u", "mqtt.password_file": "/no/such"}, "`mqtt.password_file`", "read"),
+        ({"mqtt.password": "p"}, "[mqtt] settings", "a password is set but no username"),
+        ({"mqtt.base_topic": "kwsd/+/x"}, "`mqtt.base_topic`", "wildcards"),
+        ({"mqtt.base_topic": "kwsd/kitchen/"}, "`mqtt.base_topic`", "start or end with `/`"),
+        ({"mqtt.base_topic": "kwsd//kitchen"}, "`mqtt.base_topic`", "nor contain `//`"),
+        ({"mqtt.base_topic": "$SYS/kwsd"}, "`mqtt.base_topic`", "reserved for the broker"),
+        ({"mqtt.base_topic": "kw\0sd"}, "`mqtt.base_topic`", "NUL"),
+        ({"mqtt.client_id": ""}, "`mqtt.client_id`", "at least 1 character"),
+        ({"mqtt.protocol": "3.1"}, "`mqtt.protocol` = '3.1'", "'5' or '3.1.1'"),
+        ({"mqtt.qos": 3}, "`mqtt.qos` = 3", "0, 1 or 2"),
+        ({"mqtt.port": 70000}, "`mqtt.port` = 70000", "less than or equal to 65535"),
+        ({"mqtt.port": 0}, "`mqtt.port` = 0", "greater than or equal to 1"),
+        ({"mqtt.keepalive": 2}, "`mqtt.keepalive` = 2", "greater than or equal to 5"),
+        ({"mqtt.keepalive": 70000}, "`mqtt.keepalive`", "less than or equal to 65535"),
+        ({"mqtt.outbox_size": 0}, "`mqtt.outbox_size` = 0", "greater than or equal to 1"),
+        ({"mqtt.reconnect_min_seconds": 0}, "`mqtt.reconnect_min_seconds`", "greater than 0"),
+        (
+            {"mqtt.reconnect_min_seconds": 5, "mqtt.reconnect_max_seconds": 1},
+            "[mqtt] settings",
+            "reconnect_min_seconds (5.0) is larger than reconnect_max_seconds (1.0)",
+        ),
+    ],
+)
+def test_every_bad_mqtt_value_is_refused_on_load(
+    tmp_path: Path, values: dict[str, Any], where: str, reason: str
+) -> None:
+    """The `[mqtt]` model is the only check: MqttOptions carries what it let through."""
+    pem = str(write(tmp_path / "x.pem", "x"))
+    values = {
+        key: ({k: pem if v == "FILE" else v for k, v in value.items()} if isinstance(value, dict)
+              else pem if value == "FILE" else value)
+        for key, value in values.items()
+    }  # fmt: skip
+    message = config_error(None, {"mqtt.host": "broker", **values})
+    assert where in message and reason in message and "on the command line" in message
+
+
 def test_misc_validation() -> None:
     assert load_settings(None, {"log.level": "DEBUG"}).log.level == "debug"
     assert load_settings(None, {"mqtt.protocol": 5}).mqtt.protocol == "5"
@@ -407,9 +456,10 @@ def test_example_file_documents_every_setting() -> None:
         if "=" in body and body.split("=", 1)[0].strip().isidentifier():
             sections[current].add(body.split("=", 1)[0].strip())
     missing = []
-    for dotted, sub in iter_fields():
+    for field in walk(Settings):
+        dotted = field.dotted
         section, _, key = dotted.rpartition(".")
-        if sub is not None:  # a section: must have its own [table]
+        if field.section is not None:  # a section: must have its own [table]
             if dotted not in sections:
                 missing.append(f"[{dotted}]")
         elif key not in sections.get(section, set()) and dotted not in sections:
@@ -418,18 +468,39 @@ def test_example_file_documents_every_setting() -> None:
 
 
 def test_every_field_has_a_description() -> None:
-    def walk(model: type[BaseModel], prefix: str) -> list[str]:
-        out = []
-        for name, field in model.model_fields.items():
-            if not field.description:
-                out.append(prefix + name)
-        return out
-
-    undocumented = walk(Settings, "")
-    for dotted, sub in iter_fields():
-        if sub is not None:
-            undocumented += walk(sub, dotted + ".") if sub is not KeywordSpec else []
+    fields = list(walk(Settings))
+    assert {"mqtt.tls.enabled", "keywords.entries", "log.format"} <= {f.dotted for f in fields}
+    undocumented = [field.dotted for field in fields if not field.description]
     assert not undocumented
+
+
+def test_one_field_walk_serves_keys_error_locations_paths_and_secrets() -> None:
+    enabled = lookup_field("mqtt.tls.enabled")
+    assert enabled is not None and enabled.dotted == "mqtt.tls.enabled"
+    tls = lookup_field("mqtt.tls")
+    assert tls is not None and tls.section is TlsSettings
+    assert lookup_field("mqtt.port.x") is None and lookup_field("mqtt.hots") is None
+    assert lookup_field("keywords.entries.phrase") is None  # entries are an array of tables
+
+    entry = follow(Settings, ("keywords", "entries", 0, "threshold"))
+    assert entry.keys == ("keywords", "entries", 0, "threshold") and entry.model is None
+    assert entry.field is not None and entry.field.name == "threshold"
+    branch = follow(Settings, ("audio", "device", "str"))  # pydantic's union-branch suffix
+    assert branch.keys == ("audio", "device")
+
+    fields = list(walk(Settings))
+    assert [f.dotted for f in fields if f.is_secret] == ["mqtt.password"]
+    assert {f.dotted for f in fields if f.is_path} == {
+        "assets",
+        "data_dir",
+        "model.dir",
+        "keywords.file",
+        "audio.file",
+        "mqtt.tls.ca_certs",
+        "mqtt.tls.certfile",
+        "mqtt.tls.keyfile",
+        "mqtt.password_file",
+    }
 
 
 # --- command line -----------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The CoreML backend against a fake that enforces the real bundle's I/O contract.
 
 Only the macOS CoreML `predict` call is faked. The fake is built from a config.json
-written here from SPEC §3, with layer-state shapes taken from the synthetic encoder
-(which carries the real export's signature) at batch 1. It rejects any input whose
+written here from docs/algorithm.md §3, with layer-state shapes taken from the synthetic
+encoder (which carries the real export's signature) at batch 1. It rejects any input whose
 name, dtype or shape differs from what the real CoreML model declares, and answers with
 float16 tensors the way the published bundle does.
 """
@@ -56,7 +56,7 @@ def synthetic_shapes() -> dict[str, list[int]]:
 
 @pytest.fixture
 def config(synthetic_shapes: dict[str, list[int]]) -> dict[str, Any]:
-    """config.json as SPEC §3 describes the published bundle."""
+    """config.json as docs/algorithm.md §3 describes the published bundle."""
     layer = {k: v for k, v in synthetic_shapes.items() if k != "embed_states"}
     return {
         "modelName": "kws-zipformer-gigaspeech",

@@ -8,23 +8,16 @@ import json
 import socket
 from pathlib import Path
 
-import pytest
+from async_support import wait_until
 from daemon_support import (
     make_settings,
-    make_speech,
     mqtt_settings,
     running,
-    wait_until,
 )
 from mqtt_broker import Mosquitto, free_port
 
 from kwsd.daemon import Daemon
 from kwsd.service import Notifier
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_speech(tmp_path_factory)
 
 
 async def test_home_assistant_and_hermes_are_wired(

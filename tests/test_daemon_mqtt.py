@@ -13,24 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import pytest
+from async_support import wait_until
 from daemon_support import (
     make_settings,
-    make_speech,
     mqtt_settings,
     running,
-    wait_until,
 )
 from mqtt_broker import Mosquitto
 
 from kwsd.config import Settings
 from kwsd.daemon import Daemon
 from kwsd.mqtt.payloads import CommandReply, DetectionPayload, KeywordsPayload
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_speech(tmp_path_factory)
 
 
 def settings_for(

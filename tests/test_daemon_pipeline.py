@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from daemon_support import make_speech, wait_until
+from async_support import wait_until
 
 from kwsd.audio.base import AudioBlock
 from kwsd.audio.queue import BoundedAudioQueue
@@ -33,8 +33,8 @@ def model(assets: Path) -> tuple[Backend, Tokenizer]:
 
 
 @pytest.fixture(scope="module")
-def samples(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    data, rate = sf.read(str(make_speech(tmp_path_factory)), dtype="float32")
+def samples(speech: Path) -> np.ndarray:
+    data, rate = sf.read(str(speech), dtype="float32")
     return np.asarray(soxr.resample(data, rate, 16000), dtype=np.float32)
 
 

@@ -8,23 +8,16 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import pytest
 import structlog
+from async_support import wait_until
 from daemon_support import (
     json_lines,
     make_settings,
-    make_speech,
     running,
-    wait_until,
 )
 
 from kwsd.config import Settings
 from kwsd.daemon import Daemon
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_speech(tmp_path_factory)
 
 
 def replace_file(path: Path, text: str) -> None:

@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from async_support import wait_until
 from daemon_support import (
     json_lines,
     make_settings,
-    make_speech,
     running,
-    wait_until,
 )
 from engine_support import espeak_wav
 
@@ -24,11 +23,6 @@ from kwsd.backends.replay import ReplayBackend, read_frames
 from kwsd.cli import main
 from kwsd.daemon import Daemon
 from kwsd.errors import ExitCode
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_speech(tmp_path_factory)
 
 
 async def test_detections_are_json_lines_on_stdout(

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-from mqtt_broker import Mosquitto, link_options, running, wait_until
+from async_support import wait_until
+from mqtt_broker import Mosquitto, link_options, running
 
 from kwsd.detection import Detection
 from kwsd.integrations.hermes import HermesHotword, wakeword_id

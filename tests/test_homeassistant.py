@@ -11,7 +11,8 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from mqtt_broker import Mosquitto, Subscriber, link_options, running, wait_until
+from async_support import wait_until
+from mqtt_broker import Mosquitto, Subscriber, link_options, running
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from kwsd.config import HomeAssistantSettings

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-from mqtt_broker import Mosquitto, link_options, running, wait_until
+from async_support import wait_until
+from mqtt_broker import Mosquitto, link_options, running
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 

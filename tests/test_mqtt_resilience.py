@@ -14,7 +14,8 @@ import textwrap
 from collections.abc import Callable
 
 import aiomqtt
-from mqtt_broker import Mosquitto, link_options, running, wait_until
+from async_support import wait_until
+from mqtt_broker import Mosquitto, link_options, running
 
 from kwsd.detection import Detection
 from kwsd.keywords.spec import KeywordSpec

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from mqtt_broker import Mosquitto, link_options, running, wait_until
+from async_support import wait_until
+from mqtt_broker import Mosquitto, link_options, running
 
 from kwsd.detection import Detection
 from kwsd.integrations.mute import PAUSE, TOPIC, MuteState, MuteWhileTopic, is_truthy

@@ -213,7 +213,7 @@ def test_config_keywords_reads_inline_and_file(tmp_path: Path) -> None:
             "data_dir": str(tmp_path),
         },
     )
-    cfg = config_keywords(settings)
+    cfg = config_keywords(settings.keywords, settings.search)
     assert [s.phrase or s.display for s in cfg.specs] == [
         "HEY COMPUTER",
         "turn on the lights",
@@ -222,8 +222,8 @@ def test_config_keywords_reads_inline_and_file(tmp_path: Path) -> None:
     assert cfg.threshold == 0.3
     digest = cfg.digest
     words.write_text("turn on the lights\n")
-    assert config_keywords(settings).digest != digest
+    assert config_keywords(settings.keywords, settings.search).digest != digest
 
     words.unlink()
     with pytest.raises(KeywordError, match="does not exist"):
-        config_keywords(settings)
+        config_keywords(settings.keywords, settings.search)

@@ -45,7 +45,7 @@ def _espeak(text: str, path: Path) -> Speech:
 
 
 @pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Speech]:
+def utterances(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Speech]:
     tmp = tmp_path_factory.mktemp("speech")
     return {
         "command": _espeak("hey computer, turn on the lights", tmp / "command.wav"),
@@ -156,57 +156,57 @@ async def test_describe_lists_every_keyword_as_a_wake_model(server: WyomingServe
 
 
 async def test_speech_is_detected_over_tcp(
-    server: WyomingServer, speech: dict[str, Speech]
+    server: WyomingServer, utterances: dict[str, Speech]
 ) -> None:
     client = await Client.connect(server)
     await client.send(Event("detect", {"names": ["HEY COMPUTER", "TURN ON THE LIGHTS"]}))
-    await client.stream(*_mono16(speech["command"]))
+    await client.stream(*_mono16(utterances["command"]))
     names = await _detections_after_stop(client)
     assert names == ["HEY COMPUTER", "TURN ON THE LIGHTS"]
     await client.close()
 
 
 async def test_detection_carries_name_and_stream_timestamp(
-    server: WyomingServer, speech: dict[str, Speech]
+    server: WyomingServer, utterances: dict[str, Speech]
 ) -> None:
     client = await Client.connect(server)
-    pcm, fmt = _mono16(speech["command"])
+    pcm, fmt = _mono16(utterances["command"])
     await client.send(audio_start(fmt, timestamp=5000))
     await client.send(audio_chunk(fmt, pcm))
     await client.send(audio_stop())
     event = await client.read()
     assert event is not None and event.type == "detection"
     assert event.data["name"] == "HEY COMPUTER"
-    duration_ms = 1000 * len(speech["command"].pcm) / speech["command"].rate
+    duration_ms = 1000 * len(utterances["command"].pcm) / utterances["command"].rate
     assert 5000 < event.data["timestamp"] < 5000 + duration_ms
     await client.close()
 
 
 async def test_detect_names_filter_keywords(
-    server: WyomingServer, speech: dict[str, Speech]
+    server: WyomingServer, utterances: dict[str, Speech]
 ) -> None:
     client = await Client.connect(server)
     await client.send(Event("detect", {"names": ["turn_on_the_lights"]}))
-    await client.stream(*_mono16(speech["command"]))
+    await client.stream(*_mono16(utterances["command"]))
     assert await _detections_after_stop(client) == ["TURN ON THE LIGHTS"]
     await client.close()
 
 
 async def test_not_detected_after_audio_stop_when_nothing_found(
-    server: WyomingServer, speech: dict[str, Speech]
+    server: WyomingServer, utterances: dict[str, Speech]
 ) -> None:
     client = await Client.connect(server)
-    await client.stream(*_mono16(speech["other"]))
+    await client.stream(*_mono16(utterances["other"]))
     event = await client.read()
     assert event is not None and event.type == "not-detected"
     # The connection stays usable for the next pipeline run.
-    await client.stream(*_mono16(speech["command"]))
+    await client.stream(*_mono16(utterances["command"]))
     assert await _detections_after_stop(client) == ["HEY COMPUTER", "TURN ON THE LIGHTS"]
     await client.close()
 
 
 async def test_two_concurrent_clients_each_get_their_own_results(
-    server: WyomingServer, speech: dict[str, Speech]
+    server: WyomingServer, utterances: dict[str, Speech]
 ) -> None:
     first, second = await Client.connect(server), await Client.connect(server)
 
@@ -215,8 +215,8 @@ async def test_two_concurrent_clients_each_get_their_own_results(
         return await _detections_after_stop(client)
 
     got_first, got_second = await asyncio.gather(
-        run(first, *_mono16(speech["command"])),
-        run(second, *_stereo48k_int32(speech["night"])),
+        run(first, *_mono16(utterances["command"])),
+        run(second, *_stereo48k_int32(utterances["night"])),
     )
     assert got_first == ["HEY COMPUTER", "TURN ON THE LIGHTS"]
     assert got_second == ["GOOD NIGHT"]
@@ -252,10 +252,10 @@ async def _expect_error_and_close(client: Client, fragment: str) -> None:
     ],
 )
 async def test_malformed_frames_close_only_that_connection(
-    server: WyomingServer, speech: dict[str, Speech], raw: bytes, fragment: str
+    server: WyomingServer, utterances: dict[str, Speech], raw: bytes, fragment: str
 ) -> None:
     good = await Client.connect(server)
-    pcm, fmt = _mono16(speech["command"])
+    pcm, fmt = _mono16(utterances["command"])
     half = len(pcm) // 2 // fmt.frame_bytes * fmt.frame_bytes
     await good.send(audio_start(fmt))
     await good.send(audio_chunk(fmt, pcm[:half]))
@@ -322,7 +322,7 @@ def test_parse_uri() -> None:
 
 
 async def test_global_mute_suppresses_wyoming_detections(
-    model: tuple[Backend, KeywordSet], speech: dict[str, Speech]
+    model: tuple[Backend, KeywordSet], utterances: dict[str, Speech]
 ) -> None:
     backend, keywords = model
     mute = MuteState()
@@ -333,11 +333,11 @@ async def test_global_mute_suppresses_wyoming_detections(
     await srv.start("tcp://127.0.0.1:0")
     try:
         client = await Client.connect(srv)
-        await client.stream(*_mono16(speech["command"]))
+        await client.stream(*_mono16(utterances["command"]))
         event = await client.read()
         assert event is not None and event.type == "not-detected"
         mute.resume()
-        await client.stream(*_mono16(speech["command"]))
+        await client.stream(*_mono16(utterances["command"]))
         assert await _detections_after_stop(client) == ["HEY COMPUTER", "TURN ON THE LIGHTS"]
         await client.close()
     finally:
@@ -345,7 +345,7 @@ async def test_global_mute_suppresses_wyoming_detections(
 
 
 async def test_keyword_changes_reach_the_next_stream(
-    model: tuple[Backend, KeywordSet], speech: dict[str, Speech]
+    model: tuple[Backend, KeywordSet], utterances: dict[str, Speech]
 ) -> None:
     backend, keywords = model
     current = [keywords]
@@ -358,7 +358,7 @@ async def test_keyword_changes_reach_the_next_stream(
         info = await client.read()
         assert info is not None
         assert [m["name"] for m in info.data["wake"][0]["models"]] == ["TURN ON THE LIGHTS"]
-        await client.stream(*_mono16(speech["command"]))
+        await client.stream(*_mono16(utterances["command"]))
         assert await _detections_after_stop(client) == ["TURN ON THE LIGHTS"]
         await client.close()
     finally:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
     from kwsd.audio.queue import BoundedAudioQueue
+    from kwsd.config import AudioSettings
 
 SAMPLE_RATE = 16000
 FloatArray = npt.NDArray[np.float32]
@@ -74,7 +75,7 @@ class AudioSource(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AudioOptions:
-    """The knobs of every source; mirrors `kwsd.config.AudioSettings` plus a few extras."""
+    """The knobs of every source: `kwsd.config.AudioSettings` plus a few not in the config."""
 
     source: SourceKind = "mic"
     device: str | int | None = None
@@ -95,21 +96,22 @@ class AudioOptions:
     stall_timeout_seconds: float = 5.0
     stdin_channels: int = 1
 
-    @property
-    def block_samples(self) -> int:
-        """Samples per block at 16 kHz."""
-        return max(1, SAMPLE_RATE * self.block_ms // 1000)
-
     @classmethod
-    def from_settings(cls, settings: Any) -> AudioOptions:
-        """Build from an `AudioSettings`-like object; attributes it lacks keep their defaults."""
-        values: dict[str, Any] = {}
-        for name in cls.__dataclass_fields__:
-            if hasattr(settings, name):
-                values[name] = getattr(settings, name)
-        if isinstance(values.get("file"), str):
-            values["file"] = Path(values["file"])
-        return cls(**values)
+    def from_settings(cls, settings: AudioSettings) -> AudioOptions:
+        """The validated `[audio]` settings; the knobs the config does not offer keep defaults."""
+        return cls(
+            source=settings.source,
+            device=settings.device,
+            sample_rate=settings.sample_rate,
+            channel=settings.channel,
+            file=settings.file,
+            realtime=settings.realtime,
+            loop=settings.loop,
+            block_ms=settings.block_ms,
+            max_queue_seconds=settings.max_queue_seconds,
+            silence_warning_seconds=settings.silence_warning_seconds,
+            reopen_backoff_max_seconds=settings.reopen_backoff_max_seconds,
+        )
 
 
 class StreamClock:

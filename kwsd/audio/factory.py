@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from kwsd.audio.base import AudioOptions, AudioSource
 from kwsd.audio.file import FileSource
@@ -10,9 +10,12 @@ from kwsd.audio.mic import MicSource
 from kwsd.audio.stdin import StdinSource
 from kwsd.errors import AudioError
 
+if TYPE_CHECKING:
+    from kwsd.config import AudioSettings
 
-def open_source(settings: Any) -> AudioSource:
-    """The source `settings` (an `AudioSettings`, `AudioOptions` or look-alike) describes.
+
+def open_source(settings: AudioSettings | AudioOptions) -> AudioSource:
+    """The source that the `[audio]` settings (or options built in code) describe.
 
     Raises AudioError for problems the user must fix before anything can work (a missing
     file, PortAudio not installed). A microphone that is absent is *not* an error here:

@@ -33,6 +33,7 @@ from kwsd.audio.devices import (
 )
 from kwsd.audio.queue import BoundedAudioQueue
 from kwsd.audio.silence import SilenceWatchdog, mic_silence_hint
+from kwsd.backoff import Backoff
 from kwsd.errors import AudioError
 from kwsd.log import get_logger
 
@@ -46,23 +47,6 @@ _HEALTHY_AFTER_SECONDS = 10.0
 _OVERFLOW_WARN_INTERVAL = 30.0
 # How often a driver stuck closing the stream is reported.
 _CLOSE_TIMEOUT_SECONDS = 5.0
-
-
-class ExponentialBackoff:
-    """Delays doubling from `initial` up to `maximum`; reset after a healthy run."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial = max(0.01, initial)
-        self.maximum = max(self.initial, maximum)
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.maximum, self.initial * 2.0 ** min(self.attempt, 32))
-        self.attempt += 1
-        return delay
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +133,10 @@ class MicSource:
     async def run(self, out: BoundedAudioQueue) -> None:
         loop = asyncio.get_running_loop()
         self._out = out
-        backoff = ExponentialBackoff(
-            self.options.reopen_backoff_initial_seconds, self.options.reopen_backoff_max_seconds
+        backoff = Backoff(
+            self.options.reopen_backoff_initial_seconds,
+            self.options.reopen_backoff_max_seconds,
+            jitter=False,
         )
         rescan_first = False
         while True:

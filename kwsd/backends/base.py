@@ -23,7 +23,7 @@ EncoderState = dict[str, Any]
 
 @dataclass(frozen=True, slots=True)
 class ChunkSpec:
-    """How the encoder consumes feature frames (SPEC §2)."""
+    """How the encoder consumes feature frames (docs/algorithm.md §2)."""
 
     frames_in: int = 45  # feature frames per encoder call
     frames_shift: int = 32  # feature frames the stream advances per call

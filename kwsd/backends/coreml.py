@@ -85,7 +85,7 @@ class _Part:
 
 
 class CoreMLBackend:
-    """The `Backend` protocol over a CoreML bundle (SPEC §3)."""
+    """The `Backend` protocol over a CoreML bundle (docs/algorithm.md §3)."""
 
     name = "coreml"
 

@@ -3,8 +3,9 @@
 The CoreML call itself only runs on macOS, so every decision that can be wrong (names,
 dtypes, shapes, state feedback, fp16 conversion, config.json validation) lives here,
 free of coremltools, where Linux CI exercises it against a contract-checking fake.
-The layer-state names and shapes come from the bundle's `config.json` (SPEC §3); none
-are hard-coded, so a re-export with other layer counts keeps working.
+The layer-state names and shapes come from the bundle's `config.json`
+(docs/algorithm.md §3); none are hard-coded, so a re-export with other layer counts
+keeps working.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ log = structlog.get_logger(__name__)
 
 CONFIG_FILE = "config.json"
 
-# Tensor names fixed by the CoreML export (SPEC §3); the per-layer caches are not.
+# Tensor names fixed by the CoreML export (docs/algorithm.md §3); the layer caches are not.
 X = "x"
 EMBED_PAD = "cached_embed_left_pad"
 PROCESSED_LENS = "processed_lens"
@@ -40,7 +41,7 @@ JOINER_OUT = "logits"
 NEW_PREFIX = "new_"
 RESERVED_INPUTS = frozenset({X, EMBED_PAD, PROCESSED_LENS})
 
-# kwsd's front end computes exactly these features (SPEC §1); a bundle that wants
+# kwsd's front end computes exactly these features (docs/algorithm.md §1); a bundle wanting
 # anything else cannot be fed correctly, so it is refused instead of mis-decoded.
 SUPPORTED_SAMPLE_RATE = 16000
 SUPPORTED_MEL_BINS = 80

@@ -11,12 +11,9 @@ import argparse
 import json
 import sys
 import tomllib
-import types
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
-
-from pydantic import SecretStr
+from typing import Any
 
 from kwsd.config import (
     Settings,
@@ -73,24 +70,13 @@ def parse_set_option(item: str) -> tuple[str, Any]:
             f"--set {item!r} is not KEY=VALUE; write e.g. --set mqtt.host=broker.local"
         )
     field = lookup_field(key)
-    if field is not None and _holds_text(field.annotation):
+    if field is not None and field.holds_text:
         return key, text
     try:
         value: Any = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text
     return key, value
-
-
-def _holds_text(annotation: Any) -> bool:
-    """Does a field take a plain string (str, Path, SecretStr, or a union with one)?"""
-    if annotation in (str, Path, SecretStr):
-        return True
-    if get_origin(annotation) in (Union, types.UnionType):
-        return any(_holds_text(arg) for arg in get_args(annotation))
-    if get_origin(annotation) is Annotated:
-        return _holds_text(get_args(annotation)[0])
-    return False
 
 
 def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:

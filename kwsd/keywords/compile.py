@@ -30,16 +30,6 @@ class Keyword:
     boost: float
     threshold: float
 
-    def to_spec(self) -> KeywordSpec:
-        return KeywordSpec(
-            phrase=self.phrase,
-            pieces=self.pieces,
-            boost=self.boost,
-            threshold=self.threshold,
-            display=self.display,
-            alternates=self.sequences[1:],
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class KeywordSet:
@@ -154,7 +144,10 @@ def _sequences(spec: KeywordSpec, tokenizer: Tokenizer, label: str) -> list[tupl
 
 
 def _weakness(pieces: tuple[str, ...]) -> list[str]:
-    """Warn about keywords the model rarely locks onto, or that fire too easily (SPEC §4)."""
+    """Warn about keywords the model rarely locks onto, or that fire too easily.
+
+    The rules are in docs/algorithm.md §4.
+    """
     words = sum(1 for p in pieces if p.startswith("▁"))
     if len(pieces) == 1:
         return [

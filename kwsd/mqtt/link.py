@@ -24,9 +24,9 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from kwsd.backoff import Backoff
 from kwsd.detection import Detection
 from kwsd.errors import KwsdError
-from kwsd.mqtt.backoff import Backoff
 from kwsd.mqtt.commands import (
     Command,
     CommandError,

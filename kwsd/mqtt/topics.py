@@ -41,13 +41,19 @@ def topic_problem(topic: str, *, allow_wildcards: bool = False) -> str | None:
     return None
 
 
+def base_topic_problem(base: str) -> str | None:
+    """Why `base` cannot be the base topic, or None; `mqtt.base_topic` is validated with it."""
+    problem = topic_problem(base)
+    if problem is None and (base.startswith("/") or base.endswith("/") or "//" in base):
+        problem = "a base topic must not start or end with `/` nor contain `//` (an empty level)"
+    if problem is None and base.startswith("$"):
+        problem = "a base topic must not start with `$`: such topics are reserved for the broker"
+    return problem
+
+
 def validate_base_topic(base: str) -> str:
     """The base topic, checked, or a ConfigError that says how to fix it."""
-    problem = topic_problem(base)
-    if problem is None and (base.startswith("/") or base.endswith("/")):
-        problem = "it must not start or end with `/`"
-    if problem is None and base.startswith("$"):
-        problem = "topics starting with `$` are reserved for the broker"
+    problem = base_topic_problem(base)
     if problem is not None:
         raise ConfigError(
             f'mqtt.base_topic {base!r} is not usable: {problem} (example: "kwsd/kitchen")'

@@ -1,4 +1,4 @@
-"""Keyword beam search over encoder frames (SPEC §5), in numpy.
+"""Keyword beam search over encoder frames (docs/algorithm.md §5), in numpy.
 
 Per encoder frame the search asks the decoder for every distinct 2-token context
 (cached: contexts repeat constantly), the joiner for token probabilities, keeps the

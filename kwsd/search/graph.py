@@ -1,4 +1,4 @@
-"""Aho-Corasick context graph over token ids (SPEC §5).
+"""Aho-Corasick context graph over token ids (docs/algorithm.md §5).
 
 The graph does two jobs during the beam search: it adds a bonus (the boost) for every
 token that extends a keyword prefix, which keeps keyword paths alive in a 4-wide beam,

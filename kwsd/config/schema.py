@@ -1,28 +1,19 @@
-"""kwsd settings: one typed model read from CLI flags, `KWSD_*` env vars and `config.toml`.
+"""What kwsd can be configured with: the settings root and one model per config section.
 
-Precedence, highest first: command-line overrides, environment (`KWSD_MQTT__HOST`, nested
-with `__`), the TOML file (`--config`, else `$KWSD_CONFIG`, else the platform config dir),
-then defaults. Every model forbids unknown keys, because a typo such as `hots = ...` that
-is silently ignored costs a Home Assistant user an evening. `load_settings` turns every
-failure into one `ConfigError` paragraph naming the source, the key, what is wrong and
-what is allowed, so the daemon can refuse a bad config while keeping the old one.
+Every model forbids unknown keys, because a typo such as `hots = ...` that is silently
+ignored costs a Home Assistant user an evening. Validators here are the one place a
+value is checked; the code that consumes a section (MQTT link, audio sources, keyword
+registry) takes the validated section model and does not check again.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
-import os
 import re
 import socket
 import string
-import tomllib
-import types
-from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import (
@@ -32,27 +23,21 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    SettingsError,
 )
 
-from kwsd.errors import ConfigError
+from kwsd.config.fields import table_at, walk
+from kwsd.config.sources import APP_NAME, ENV_PREFIX, file_source
 from kwsd.keywords.spec import KeywordSpec
+from kwsd.mqtt.topics import base_topic_problem
 
-APP_NAME = "kwsd"
-ENV_PREFIX = "KWSD_"
-CONFIG_ENV_VAR = "KWSD_CONFIG"
-# KWSD_* variables that are not settings; anything else with the prefix must name one.
-RESERVED_ENV_VARS: frozenset[str] = frozenset({CONFIG_ENV_VAR})
 SITE_ID_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
 
 
@@ -73,11 +58,6 @@ def default_site_id() -> str:
 
 def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir(APP_NAME))
-
-
-def default_config_file() -> Path:
-    """Where `config.toml` is looked for when neither `--config` nor $KWSD_CONFIG is given."""
-    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
 
 
 def _site_template(value: str) -> str:
@@ -431,10 +411,9 @@ class MqttSettings(_Section):
     @field_validator("base_topic")
     @classmethod
     def _publishable_topic(cls, value: str) -> str:
-        if "+" in value or "#" in value:
-            raise ValueError("base_topic must not contain MQTT wildcards (+ or #)")
-        if value.startswith("/") or value.endswith("/") or "//" in value:
-            raise ValueError('base_topic must not start or end with "/" nor contain "//"')
+        problem = base_topic_problem(value)
+        if problem is not None:
+            raise ValueError(f'{problem} (example: "kwsd/kitchen")')
         return value
 
     @field_validator("password_file")
@@ -550,37 +529,8 @@ class LogSettings(_Section):
 
 
 # --------------------------------------------------------------------------------------
-# The settings root and its sources
+# The settings root
 # --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _LoadedFile:
-    path: Path
-    data: dict[str, Any]
-
-
-# The file `load_settings` chose, for `settings_customise_sources` (which is a classmethod
-# and cannot take arguments). A ContextVar keeps concurrent loads in threads/tasks apart.
-_CURRENT_FILE: ContextVar[_LoadedFile | None] = ContextVar("kwsd_config_file", default=None)
-
-
-class _ParsedFileSource(PydanticBaseSettingsSource):
-    """The chosen config.toml, already parsed by `read_config_file` (paths file-relative).
-
-    A source of kwsd's own on pydantic-settings' public base class: the file is read once,
-    with kwsd's error messages, and handed over as data.
-    """
-
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._data = data
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return self._data
 
 
 class Settings(BaseSettings):
@@ -650,10 +600,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        loaded = _CURRENT_FILE.get()
-        if loaded is None:
+        parsed_file = file_source(settings_cls)
+        if parsed_file is None:
             return (init_settings, env_settings)
-        return (init_settings, env_settings, _ParsedFileSource(settings_cls, loaded.data))
+        return (init_settings, env_settings, parsed_file)
 
     @field_validator("site_id")
     @classmethod
@@ -678,370 +628,9 @@ class Settings(BaseSettings):
 
     def masked_dump(self) -> dict[str, Any]:
         """The effective settings as plain JSON-able data, secrets replaced by "***"."""
-        result = _plain(self)
-        assert isinstance(result, dict)
-        return result
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, SecretStr):
-        return "***"
-    if isinstance(value, BaseModel):
-        return {name: _plain(getattr(value, name)) for name in type(value).model_fields}
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-# --------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------
-
-
-def resolve_config_path(explicit: Path | None = None) -> tuple[Path | None, str]:
-    """Which config.toml to read, and why (for messages). Missing explicit files are errors."""
-    if explicit is not None:
-        return _existing(Path(explicit).expanduser(), "--config"), "--config"
-    from_env = os.environ.get(CONFIG_ENV_VAR, "").strip()
-    if from_env:
-        return _existing(Path(from_env).expanduser(), f"${CONFIG_ENV_VAR}"), f"${CONFIG_ENV_VAR}"
-    default = default_config_file()
-    if default.is_file():
-        return default, "the default location"
-    return None, f"no file (looked for {default})"
-
-
-def _existing(path: Path, origin: str) -> Path:
-    if path.is_dir():
-        raise ConfigError(f"config file {path} (from {origin}) is a directory; give a .toml file")
-    if not path.is_file():
-        raise ConfigError(
-            f"config file {path} (from {origin}) does not exist; check the path, or create it "
-            "with `kwsd config init`"
-        )
-    return path.absolute()  # stable in messages even if the daemon changes directory
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse config.toml; syntax errors name the line and column, paths become file-relative."""
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not valid TOML: {exc}. Check quoting (strings need "
-            '"quotes"), brackets and one key = value per line around that spot.'
-        ) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    _make_paths_relative_to(data, Settings, path.parent)
-    return data
-
-
-def _is_path_type(annotation: Any) -> bool:
-    if annotation is Path:
-        return True
-    return any(_is_path_type(arg) for arg in get_args(annotation))
-
-
-def _submodel(annotation: Any) -> type[BaseModel] | None:
-    """The BaseModel class in an annotation such as `X`, `X | None`, `list[X]`."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) in (Union, types.UnionType):
-        for arg in get_args(annotation):
-            found = _submodel(arg)
-            if found is not None:
-                return found
-    return None
-
-
-def _make_paths_relative_to(data: dict[str, Any], model: type[BaseModel], base: Path) -> None:
-    # `file = "keywords.txt"` in /etc/kwsd/config.toml means /etc/kwsd/keywords.txt, as users
-    # expect, not a file in whatever directory the service happened to start in.
-    for key, value in data.items():
-        field = model.model_fields.get(key)
-        if field is None:
-            continue
-        sub = _submodel(field.annotation)
-        if sub is not None and isinstance(value, dict):
-            _make_paths_relative_to(value, sub, base)
-        elif (
-            _is_path_type(field.annotation)
-            and isinstance(value, str)
-            and value
-            and not value.startswith("~")
-            and not Path(value).is_absolute()
-        ):
-            data[key] = str(base / value)
-
-
-def load_settings(
-    config_path: Path | None = None, overrides: Mapping[str, Any] | None = None
-) -> Settings:
-    """Build the settings from all sources, or raise one actionable `ConfigError`.
-
-    `overrides` are command-line values, nested (`{"log": {"level": "debug"}}`) or dotted
-    (`{"log.level": "debug"}`); None values mean "not given" and are dropped.
-    """
-    path, _origin = resolve_config_path(config_path)
-    loaded = _LoadedFile(path, read_config_file(path)) if path is not None else None
-    cli = nest_overrides(overrides or {})
-    env = _kwsd_env()
-    provenance = _Provenance(cli=cli, env=env, file=loaded)
-    _check_env_names(env)
-    token = _CURRENT_FILE.set(loaded)
-    try:
-        settings = Settings(**cli)
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc, provenance)) from None
-    except SettingsError as exc:
-        raise ConfigError(_explain_env_decoding(exc, env)) from None
-    finally:
-        _CURRENT_FILE.reset(token)
-    settings._config_path = path
-    return settings
-
-
-def nest_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """`{"mqtt.host": "x", "log": {"level": "debug"}}` → one nested dict, None values dropped.
-
-    Keys may be dotted or use `__` like the env vars; later keys win over earlier ones.
-    """
-    result: dict[str, Any] = {}
-    for key, raw in overrides.items():
-        if raw is None:
-            continue
-        value = nest_overrides(raw) if isinstance(raw, Mapping) else raw
-        if isinstance(value, dict) and not value:
-            continue
-        parts = [p for p in re.split(r"\.|__", key) if p]
-        if not parts:
-            raise ConfigError(f"command-line setting {key!r} has no key name")
-        tree: dict[str, Any] = {parts[-1]: value}
-        for part in reversed(parts[:-1]):
-            tree = {part: tree}
-        _deep_merge(result, tree)
-    return result
-
-
-def _deep_merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value)
-        else:
-            into[key] = value
-
-
-# --------------------------------------------------------------------------------------
-# Error explanation
-# --------------------------------------------------------------------------------------
-
-
-def _kwsd_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX) and v != ""}
-
-
-def _explain_env_decoding(exc: SettingsError, env: Mapping[str, str]) -> str:
-    """pydantic-settings names only the top-level field whose JSON failed to parse."""
-    match = re.search(r'field "(\w+)"', str(exc))
-    prefix = ENV_PREFIX + (match.group(1).upper() if match else "")
-    names = sorted(n for n in env if n.upper().startswith(prefix)) or [f"{prefix}*"]
-    return (
-        f"invalid configuration: environment variable {' or '.join(names)} does not hold valid "
-        "JSON. Lists and tables in KWSD_* variables must be JSON, e.g. "
-        'KWSD_KEYWORDS__ENTRIES=\'[{"phrase": "LIGHT UP", "threshold": 0.3}]\' '
-        '(KWSD_KEYWORDS__PHRASES also takes "A, B").'
-    )
-
-
-def _check_env_names(env: Mapping[str, str]) -> None:
-    """pydantic-settings ignores unknown top-level KWSD_* variables; a typo must not vanish."""
-    problems = []
-    for name in sorted(env):
-        if name.upper() in RESERVED_ENV_VARS:
-            continue
-        parts = name[len(ENV_PREFIX) :].lower().split("__")
-        model: type[BaseModel] | None = Settings
-        for depth, part in enumerate(parts):
-            if model is None or part not in model.model_fields:
-                where = ".".join(parts[:depth]) or None
-                choices = sorted(model.model_fields) if model is not None else []
-                problems.append(
-                    _unknown_key_text(f"in environment variable {name}", part, where, choices)
-                )
-                break
-            model = _submodel(model.model_fields[part].annotation)
-    if problems:
-        raise ConfigError(_join(problems))
-
-
-@dataclass(frozen=True)
-class _Provenance:
-    cli: dict[str, Any]
-    env: dict[str, str]
-    file: _LoadedFile | None
-
-    def source_of(self, loc: tuple[str | int, ...]) -> str:
-        """Where the value at `loc` came from, highest precedence first."""
-        keys = [str(p).lower() for p in loc if isinstance(p, str)]
-        if _has_path(self.cli, keys):
-            return "on the command line"
-        env_upper = {k.upper(): k for k in self.env}
-        for depth in range(len(keys), 0, -1):
-            name = ENV_PREFIX + "__".join(keys[:depth]).upper()
-            if name in env_upper:
-                return f"in environment variable {env_upper[name]}"
-        if self.file is not None and _has_path(self.file.data, keys):
-            return f"in config file {self.file.path}"
-        if self.file is not None:
-            return f"(default value; config file {self.file.path})"
-        return "(default value)"
-
-
-def _has_path(data: Mapping[str, Any], keys: list[str]) -> bool:
-    node: Any = data
-    for key in keys:
-        if not isinstance(node, Mapping):
-            return True  # a leaf above `key` (e.g. a JSON table) holds the value
-        lowered = {str(k).lower(): v for k, v in node.items()}
-        if key not in lowered:
-            return False
-        node = lowered[key]
-    return True
-
-
-def _field_path(loc: tuple[str | int, ...]) -> tuple[tuple[str | int, ...], type[BaseModel] | None]:
-    """Trim pydantic's union-branch suffixes (`device.str`) off an error location."""
-    model: type[BaseModel] | None = Settings
-    kept: list[str | int] = []
-    for part in loc:
-        if isinstance(part, int):
-            kept.append(part)
-            continue
-        if model is None or part not in model.model_fields:
-            break
-        kept.append(part)
-        annotation = model.model_fields[part].annotation
-        model = _submodel(annotation)
-        if model is None and get_origin(annotation) is list:
-            model = _submodel(get_args(annotation)[0])
-    return tuple(kept), model
-
-
-def _dotted(loc: tuple[str | int, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
-
-
-def _description(loc: tuple[str | int, ...]) -> str | None:
-    model: type[BaseModel] | None = Settings
-    desc = None
-    for part in loc:
-        if isinstance(part, int) or model is None:
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        desc = field.description
-        annotation = field.annotation
-        model = _submodel(annotation)
-        if model is None and get_origin(annotation) is list:
-            model = _submodel(get_args(annotation)[0])
-    return desc
-
-
-def _show(value: Any, loc: tuple[str | int, ...]) -> str:
-    if loc and loc[-1] == "password":
-        return "***"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _unknown_key_text(source: str, key: str, section: str | None, choices: list[str]) -> str:
-    close = difflib.get_close_matches(key, choices, n=1)
-    hint = f"; did you mean `{close[0]}`?" if close else "."
-    place = f"[{section}]" if section else "the top level"
-    return (
-        f"unknown setting `{f'{section}.{key}' if section else key}` {source}{hint} "
-        f"Settings allowed in {place}: {', '.join(choices)}."
-    )
-
-
-def _explain(exc: ValidationError, provenance: _Provenance) -> str:
-    reasons: dict[tuple[str | int, ...], list[str]] = {}
-    values: dict[tuple[str | int, ...], Any] = {}
-    extras: dict[str, str] = {}
-    for error in exc.errors(include_url=False):
-        loc = tuple(error["loc"])
-        if error["type"] == "extra_forbidden":
-            parent, model = _field_path(loc[:-1])
-            section = _dotted(parent) or None
-            choices = sorted(model.model_fields) if model is not None else []
-            source = provenance.source_of(loc)
-            extras.setdefault(
-                _dotted(loc), _unknown_key_text(source, str(loc[-1]), section, choices)
-            )
-            continue
-        path, _ = _field_path(loc)
-        reason = str(error["msg"]).removeprefix("Value error, ")
-        # A union (e.g. `device: str | int`) reports one error per branch: keep them together.
-        reasons.setdefault(path, []).append(reason)
-        values.setdefault(path, error.get("input"))
-    problems = list(extras.values())
-    for path, why in reasons.items():
-        problems.append(_invalid_text(path, values[path], why, provenance))
-    return _join(problems)
-
-
-def _invalid_text(
-    path: tuple[str | int, ...], value: Any, reasons: list[str], provenance: _Provenance
-) -> str:
-    unique = list(dict.fromkeys(r.rstrip(".") for r in reasons))
-    reason = " or ".join([unique[0], *(r[:1].lower() + r[1:] for r in unique[1:])])
-    key = _dotted(path)
-    if isinstance(value, dict):  # a check across several settings of one section
-        section = f"[{key}] settings" if key else "settings"
-        return f"{section} {provenance.source_of(path)}: {reason}."
-    desc = _description(path)
-    about = f" About `{key}`: {desc}" if desc else ""
-    shown = _show(value, path)
-    return f"`{key}` = {shown} {provenance.source_of(path)} is invalid: {reason}.{about}"
-
-
-def _join(problems: list[str]) -> str:
-    if len(problems) == 1:
-        return f"invalid configuration: {problems[0]}"
-    shown = " ".join(f"({i}) {p}" for i, p in enumerate(problems[:6], 1))
-    more = f" (and {len(problems) - 6} more)" if len(problems) > 6 else ""
-    return f"invalid configuration, {len(problems)} problems: {shown}{more}"
-
-
-def lookup_field(dotted: str) -> FieldInfo | None:
-    """The field a dotted key such as "mqtt.tls.enabled" names, or None if it names none."""
-    model: type[BaseModel] | None = Settings
-    field: FieldInfo | None = None
-    for part in dotted.split("."):
-        if model is None or part not in model.model_fields:
-            return None
-        field = model.model_fields[part]
-        model = _submodel(field.annotation)
-    return field
-
-
-def iter_fields(
-    model: type[BaseModel] = Settings, prefix: str = ""
-) -> Iterator[tuple[str, type[BaseModel] | None]]:
-    """Every settings key as a dotted path (sections included), for docs and parity tests."""
-    for name, field in model.model_fields.items():
-        dotted = f"{prefix}{name}"
-        sub = _submodel(field.annotation)
-        yield dotted, sub
-        if sub is not None and sub is not KeywordSpec:
-            yield from iter_fields(sub, f"{dotted}.")
+        data = self.model_dump(mode="json")
+        for field in walk(type(self)):
+            table = table_at(data, field.path[:-1]) if field.is_secret else None
+            if table is not None and table.get(field.name) is not None:
+                table[field.name] = "***"
+        return data

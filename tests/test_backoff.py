@@ -1,0 +1,27 @@
+"""Retry delays of the MQTT link (jittered) and the microphone (exact doubling)."""
+
+from __future__ import annotations
+
+import random
+
+from kwsd.backoff import Backoff
+
+
+def test_backoff_doubles_with_jitter_up_to_the_cap_and_resets() -> None:
+    backoff = Backoff(0.5, 8.0, rng=random.Random(1))
+    ceilings = [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    delays = [backoff.next_delay() for _ in ceilings]
+    for delay, ceiling in zip(delays, ceilings, strict=True):
+        assert max(0.5, ceiling / 2) <= delay <= ceiling
+    assert len(set(delays[4:])) == 3  # jittered, not a fixed value
+    backoff.reset()
+    assert 0.5 <= backoff.next_delay() <= 0.5
+
+
+def test_backoff_without_jitter_doubles_exactly_and_never_undercuts_the_minimum() -> None:
+    backoff = Backoff(0.3, 2.0, jitter=False)
+    assert [backoff.next_delay() for _ in range(5)] == [0.3, 0.6, 1.2, 2.0, 2.0]
+    assert backoff.attempt == 5
+    backoff.reset()
+    assert (backoff.attempt, backoff.next_delay()) == (0, 0.3)
+    assert Backoff(0.5, 0.2, jitter=False).next_delay() == 0.5  # a cap below the start
