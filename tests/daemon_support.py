@@ -16,6 +16,7 @@ from engine_support import espeak_wav
 
 from kwsd.config import Settings, load_settings
 from kwsd.daemon import Daemon
+from kwsd.mqtt import MqttLink, MqttOutput
 
 SENTENCE = "good evening, hey computer, turn on the lights please"
 
@@ -84,6 +85,13 @@ async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task[int]]:
                 await task
             raise
         assert code == 0
+
+
+def mqtt_link(daemon: Daemon) -> MqttLink:
+    """The link of the daemon's MQTT output (the daemon must be running with a broker)."""
+    output = daemon.outputs.find(MqttOutput)
+    assert output is not None, "the daemon has no MQTT output"
+    return output.link
 
 
 async def wait_until(predicate: Callable[[], bool], within: float = 15.0, what: str = "") -> None:
