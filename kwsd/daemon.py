@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -102,6 +102,8 @@ class Daemon:
     wraps the loaded backend (both for embedding and tests, e.g. a replay encoder).
     `block_observer` sees every audio block the engine processed, with its timing
     (benchmarks, diagnostics); it runs on the event loop and must return quickly.
+    `extra_outputs` are the embedder's own outputs (kwsd.outputs.Output), run after
+    the configured ones.
     """
 
     def __init__(
@@ -114,12 +116,14 @@ class Daemon:
         notifier: Notifier | None = None,
         install_signal_handlers: bool = True,
         block_observer: BlockObserver | None = None,
+        extra_outputs: Iterable[Output] = (),
     ) -> None:
         self.settings = settings
         self._reload_settings = reload_settings or self._default_reload
         self._stdout = stdout
         self._backend_wrapper = backend_wrapper
         self._block_observer = block_observer
+        self._extra_outputs = tuple(extra_outputs)
         self.notifier = notifier or Notifier.from_env()
         self._install_signals = install_signal_handlers
         self.heartbeat = Heartbeat()
@@ -132,6 +136,7 @@ class Daemon:
         self.started = asyncio.Event()  # model loaded, tasks running
         self.reloads = 0  # reloads attempted (SIGHUP or file edits), for tests and logs
         self._stop = asyncio.Event()
+        self._input_ended = asyncio.Event()  # the file or stdin ended (not a stop request)
         self._tasks: asyncio.TaskGroup | None = None  # while running
         self._reload_lock = asyncio.Lock()
         self._engine_version = -1  # keyword list version the engine was given last
@@ -208,7 +213,9 @@ class Daemon:
         self._engine_version = registry.version
         self.metrics.watch_heartbeat(self.heartbeat)
         self.metrics.set_build_info(backend=backend.name, model=model.label)
-        self.outputs = Outputs(self._build_outputs(settings, model, registry))
+        self.outputs = Outputs(
+            [*self._build_outputs(settings, model, registry), *self._extra_outputs]
+        )
         wyoming = self._build_wyoming(settings, backend, registry)
         return await self._serve(source, pipeline, registry, wyoming)
 
@@ -231,7 +238,14 @@ class Daemon:
                 StdoutPublisher(site=settings.site_id, model=model.label, stream=self._stdout)
             )
             return outputs
-        outputs.append(MqttOutput(link, stop_requested=self._stop, metrics=self.metrics))
+        outputs.append(
+            MqttOutput(
+                link,
+                input_ended=self._input_ended,
+                stop_requested=self._stop,
+                metrics=self.metrics,
+            )
+        )
         if settings.homeassistant.discovery:
             outputs.append(
                 HomeAssistantDiscovery(
@@ -285,25 +299,21 @@ class Daemon:
                 await wyoming.start(settings.wyoming.uri)
                 services.push_async_callback(wyoming.close)
             registry.add_listener(self._keywords_changed)  # tells the outputs at once
-            try:
-                async with asyncio.TaskGroup() as tasks:
-                    self._tasks = tasks
-                    background = [
-                        tasks.create_task(
-                            _contained(ServiceLifecycle(self.notifier, self.heartbeat).run()),
-                            name="kwsd-lifecycle",
-                        ),
-                        tasks.create_task(_contained(self._watch_files()), name="kwsd-watch"),
-                    ]
-                    try:
-                        code = await self._stream(tasks, source, pipeline, audio)
-                    finally:
-                        self._tasks = None
-                        for task in background:
-                            task.cancel()
-            except BaseException:
-                self._stop.set()  # not a clean end of input: the outputs close in a hurry
-                raise
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                background = [
+                    tasks.create_task(
+                        _contained(ServiceLifecycle(self.notifier, self.heartbeat).run()),
+                        name="kwsd-lifecycle",
+                    ),
+                    tasks.create_task(_contained(self._watch_files()), name="kwsd-watch"),
+                ]
+                try:
+                    code = await self._stream(tasks, source, pipeline, audio)
+                finally:
+                    self._tasks = None
+                    for task in background:
+                        task.cancel()
         log.info("kwsd stopped", exit_code=code)
         return code
 
@@ -332,7 +342,9 @@ class Daemon:
                 await asyncio.wait({stop, engine}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
-        code = capture.result() if capture.done() else ExitCode.OK
+        if not self._stop.is_set():
+            self._input_ended.set()  # the outputs deliver everything before closing
+        code = capture.result() if capture.done() and not capture.cancelled() else ExitCode.OK
         await self._drain(capture, engine, audio)
         if code == ExitCode.OK and engine.done() and not engine.cancelled():
             code = engine.result()
@@ -364,7 +376,8 @@ class Daemon:
         self, capture: asyncio.Task[int], engine: asyncio.Task[int], audio: BoundedAudioQueue
     ) -> None:
         """Stop capturing, then give the pipeline a moment to finish what it has."""
-        await _cancel(capture)
+        capture.cancel()
+        await asyncio.wait({capture})
         audio.close()
         if engine.done():
             return
@@ -373,7 +386,8 @@ class Daemon:
                 await asyncio.shield(engine)
         except TimeoutError:
             log.warning("pipeline did not drain in time; unprocessed audio dropped")
-            await _cancel(engine)
+            engine.cancel()
+            await asyncio.wait({engine})
 
     # ------------------------------------------------------------- outputs
 
@@ -514,13 +528,6 @@ async def _contained(work: Coroutine[Any, Any, None]) -> None:
         await work
     except Exception:
         log.exception("a background task failed; kwsd keeps running without it")
-
-
-async def _cancel(task: asyncio.Future[Any]) -> None:
-    if not task.done():
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
 
 
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

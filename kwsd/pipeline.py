@@ -95,8 +95,11 @@ class _Work:
 
 @dataclass(slots=True)
 class PipelineStats:
-    """Counters for logs and tests: blocks and chunks written by the worker, the
-    detection counts by the loop (where the gate runs); read anywhere."""
+    """Counters for logs and tests, readable anywhere.
+
+    The worker thread counts blocks and chunks; the loop, where the gate runs, counts
+    the detections.
+    """
 
     blocks: int = 0
     chunks: int = 0

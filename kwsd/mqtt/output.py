@@ -46,15 +46,17 @@ def fit_goodbye(options: MqttOptions) -> MqttOptions:
 class MqttOutput:
     """An Output (kwsd/outputs.py) that publishes on `link` and runs it.
 
-    `stop_requested` is the daemon's stop event: when it is set at `close`, the daemon
-    is stopping on request; when it is not, the input ended and delivery is awaited.
-    With `metrics`, the link's connection state and queue length are exported.
+    `input_ended` and `stop_requested` are the daemon's: when the input has ended by
+    the time of `close`, delivery is awaited first, until `stop_requested` is set at
+    the latest. Any other close (a stop request, a failure) only says goodbye. With
+    `metrics`, the link's connection state and queue length are exported.
     """
 
     def __init__(
         self,
         link: MqttLink,
         *,
+        input_ended: asyncio.Event | None = None,
         stop_requested: asyncio.Event | None = None,
         metrics: Metrics | None = None,
         delivery_timeout: float = END_OF_INPUT_DELIVERY_TIMEOUT,
@@ -62,6 +64,7 @@ class MqttOutput:
         self.link = link
         self.metrics = metrics
         self.delivery_timeout = delivery_timeout
+        self._input_ended = input_ended or asyncio.Event()
         self._stop_requested = stop_requested or asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -86,20 +89,24 @@ class MqttOutput:
         if not self._tasks:
             return
         run, *others = self._tasks
+        self._tasks = []
         for task in others:
             await _cancel(task)
-        if not self._stop_requested.is_set() and not run.done():
-            await self._deliver()
-        self.link.stop()
         try:
-            async with asyncio.timeout(GOODBYE_TIMEOUT):
-                await asyncio.shield(run)
-        except TimeoutError:
-            log.warning("MQTT goodbye took too long; closing anyway")
-        await _cancel(run)
-        self._tasks.clear()
+            ended = self._input_ended.is_set() and not self._stop_requested.is_set()
+            if ended and not run.done():
+                await self._deliver()
+        finally:
+            self.link.stop()
+            try:
+                async with asyncio.timeout(GOODBYE_TIMEOUT):
+                    await asyncio.shield(run)
+            except TimeoutError:
+                log.warning("MQTT goodbye took too long; closing anyway")
+            await _cancel(run)
 
     async def _deliver(self) -> None:
+        """Wait for the broker to take everything, bounded, or until a stop request."""
         link = self.link
 
         async def delivered() -> None:
