@@ -16,7 +16,7 @@ must see at once, not a half-started daemon).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Protocol, TypeVar
 
@@ -101,26 +101,25 @@ class Outputs:
             await stack.aclose()
 
     def on_detection(self, det: Detection) -> None:
-        for output in self._outputs:
-            try:
-                output.on_detection(det)
-            except Exception:
-                log.exception(
-                    "output failed to take a detection; the other outputs still get it",
-                    output=output_name(output),
-                    keyword=det.keyword,
-                )
+        self._each(
+            lambda output: output.on_detection(det),
+            "output failed to take a detection; the other outputs still get it",
+            keyword=det.keyword,
+        )
 
     def on_keywords(self, state: RegistryState) -> None:
+        self._each(
+            lambda output: output.on_keywords(state),
+            "output failed to take the keyword list",
+            version=state.version,
+        )
+
+    def _each(self, call: Callable[[Output], None], failure: str, **context: object) -> None:
         for output in self._outputs:
             try:
-                output.on_keywords(state)
+                call(output)
             except Exception:
-                log.exception(
-                    "output failed to take the keyword list",
-                    output=output_name(output),
-                    version=state.version,
-                )
+                log.exception(failure, output=output_name(output), **context)
 
     @staticmethod
     async def _close(output: Output) -> None:

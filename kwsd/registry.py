@@ -72,7 +72,7 @@ def canonical_spec(spec: KeywordSpec) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for name, field in type(spec).model_fields.items():
         value = getattr(spec, name)
-        if value != field.default:
+        if value != field.get_default(call_default_factory=True):
             data[name] = _plain(value)
     return data
 
