@@ -7,10 +7,10 @@ thread, MQTT link) runs in this process against a private mosquitto on a free lo
 port; a separate subscriber process stamps each detection on arrival with
 `time.monotonic()`, which on Linux is the same clock the audio source stamps blocks
 with. Speech is espeak-ng (what the stand-in encoder recognises), keyword commands with
-pauses between them. Two instruments are attached, neither replacing anything:
-the backend wrapper (a supported `Daemon` hook) accumulates the worker thread's CPU time
-inside the encoder, and the pipeline's block-processing method is wrapped on the
-instance to note which captured block produced each detection.
+pauses between them. Two instruments are attached through supported `Daemon` hooks,
+neither replacing anything: the backend wrapper accumulates the worker thread's CPU time
+inside the encoder, and the block observer notes the worker's CPU time per block and
+which captured block produced each detection.
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ from common import (
     write_section,
 )
 
-from kwsd.audio.base import AudioBlock
 from kwsd.backends.base import Backend, DelegatingBackend, EncoderState, FloatArray
 from kwsd.config import Settings, load_settings
 from kwsd.daemon import Daemon
 from kwsd.detection import Detection
+from kwsd.pipeline import BlockReport
 
 KEYWORDS = ("HEY COMPUTER", "LIGHTS OFF", "OPEN THE GARAGE", "GOOD NIGHT", "VOLUME UP")
 COMMANDS = (
@@ -192,26 +192,23 @@ async def run_daemon(
             timer.append(EncoderTimer(backend))
             return timer[0]
 
-        daemon = Daemon(settings, backend_wrapper=wrap, install_signal_handlers=False)
+        def observe(report: BlockReport) -> None:
+            block = report.block
+            if block is None:  # the tail flushed at the end of the input
+                return
+            run.worker_cpu_s += report.cpu_seconds
+            done = report.finished_at
+            if block.captured_at is not None and run.stream_t0 is None:
+                run.stream_t0 = block.captured_at - block.end
+            for det in report.published:
+                run.emitted.append(Emitted(det, block.captured_at or done, block.end, done))
+
+        daemon = Daemon(
+            settings, backend_wrapper=wrap, install_signal_handlers=False, block_observer=observe
+        )
         task = asyncio.create_task(daemon.run())
         await daemon.started.wait()
         cpu0, wall0 = cpu_seconds(), time.monotonic()
-        pipeline = daemon.pipeline
-        assert pipeline is not None
-        process = pipeline._process
-
-        def traced(block: AudioBlock) -> list[Detection]:
-            cpu = time.thread_time()
-            found = process(block)
-            run.worker_cpu_s += time.thread_time() - cpu
-            now = time.monotonic()
-            if block.captured_at is not None and run.stream_t0 is None:
-                run.stream_t0 = block.captured_at - block.end
-            for det in found:
-                run.emitted.append(Emitted(det, block.captured_at or now, block.end, now))
-            return found
-
-        pipeline._process = traced  # type: ignore[method-assign]
         stop = threading.Event()
         sampler = threading.Thread(target=watch_rss, args=(run, stop, wall0), daemon=True)
         sampler.start()
@@ -342,28 +339,25 @@ async def soak_daemon(workdir: Path, audio: Path, port: int, base: str, hours: f
     )
     soak = Soak()
     target = hours * 3600.0
-    daemon = Daemon(settings, install_signal_handlers=False)
-    task = asyncio.create_task(daemon.run())
-    await daemon.started.wait()
-    pipeline = daemon.pipeline
-    assert pipeline is not None
-    process = pipeline._process
     proc = psutil.Process()
-    wall0 = time.monotonic()
     next_sample = 0.0
 
-    def traced(block: AudioBlock) -> list[Detection]:
+    def observe(report: BlockReport) -> None:
         nonlocal next_sample
-        found = process(block)
+        block = report.block
+        if block is None:
+            return
         soak.audio_s = block.end
         if block.end >= next_sample:
             soak.rss_mb.append((block.end, proc.memory_info().rss / 2**20))
             next_sample += 60.0
         if block.end >= target:
             daemon.stop()
-        return found
 
-    pipeline._process = traced  # type: ignore[method-assign]
+    daemon = Daemon(settings, install_signal_handlers=False, block_observer=observe)
+    task = asyncio.create_task(daemon.run())
+    await daemon.started.wait()
+    wall0 = time.monotonic()
     soak.exit_code = await task
     soak.wall_s = time.monotonic() - wall0
     soak.rss_mb.append((soak.audio_s, proc.memory_info().rss / 2**20))

@@ -1,25 +1,35 @@
 """`kwsd run`: assemble the service from the settings, run it, and shut it down cleanly.
 
 Start-up does the blocking work (model resolution and loading, keyword compilation)
-in worker threads, then starts one task per concern: audio capture, the engine
-pipeline, the detection publisher (MQTT or stdout), the service-manager lifecycle,
-the health endpoint, the config-file watcher and a metrics poller.
+in worker threads. Then the daemon is a pipeline and a list of outputs:
+
+    audio source → Pipeline (engine thread, detection gate) → Outputs
+                                                               ├ health endpoint
+                                                               ├ stdout JSON lines | MQTT
+                                                               ├ Home Assistant discovery
+                                                               └ Hermes hotword
+
+Outputs (kwsd/outputs.py) are entered as one async context (started in order, closed
+in reverse, a failing one contained); the Wyoming server, which serves its own
+streams, is entered beside them. Capture, the pipeline, the service-manager
+lifecycle and the config-file watcher run as tasks of one TaskGroup, so none can
+outlive `run()`.
 
 Shutdown (SIGTERM/SIGINT, or the end of a file or stdin input) stops capture first,
-lets the pipeline drain what was already captured, delivers the detections, publishes
-`offline`, and returns 0, all within about two seconds. SIGHUP, or an edit of the
-config or keywords file, re-reads the configuration and applies the keyword part; a
-bad edit is logged and the running keywords stay.
+lets the pipeline drain what was already captured, then closes the outputs, which
+deliver the detections and publish `offline`, and returns 0, all within about two
+seconds. SIGHUP, or an edit of the config or keywords file, re-reads the
+configuration and applies the keyword part; a bad edit is logged and the running
+keywords stay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -33,16 +43,22 @@ from kwsd.backends.base import Backend
 from kwsd.config import Settings
 from kwsd.detection import Detection
 from kwsd.engine import Frontend
-from kwsd.errors import KwsdError, ModelMissingError
+from kwsd.errors import ExitCode, KwsdError, ModelMissingError
+from kwsd.gate import DetectionGate
 from kwsd.health import HealthServer, LinkState, audio_check, health_source, mqtt_check
+from kwsd.heartbeat import Heartbeat
 from kwsd.integrations.hermes import HermesHotword
 from kwsd.integrations.homeassistant import HomeAssistantDiscovery
-from kwsd.integrations.mute import MuteState, MuteWhileTopic
+from kwsd.integrations.mute_topic import MuteWhileTopic
 from kwsd.log import configure_logging
 from kwsd.metrics import Metrics
 from kwsd.model.loaded import LoadedModel, load_model
 from kwsd.mqtt import MqttLink, MqttOptions, StdoutPublisher
-from kwsd.pipeline import Pipeline
+from kwsd.mqtt.commands import CommandChannel, RegistryCommands
+from kwsd.mqtt.output import MqttOutput, fit_goodbye
+from kwsd.mute import MuteState
+from kwsd.outputs import Output, Outputs
+from kwsd.pipeline import BlockObserver, Pipeline
 from kwsd.registry import (
     STATE_FILE_NAME,
     KeywordCompiler,
@@ -51,16 +67,14 @@ from kwsd.registry import (
     config_keywords,
 )
 from kwsd.search import KeywordSearch, SearchOptions
-from kwsd.service import Heartbeat, Notifier, ServiceLifecycle, report_missing_model
+from kwsd.service import Notifier, ServiceLifecycle, report_missing_model
 from kwsd.wyoming.server import WyomingServer
 
 log = structlog.get_logger("kwsd.daemon")
 
-# Budget for a signal-initiated shutdown: drain the pipeline, then MQTT goodbye.
+# Budget for a signal-initiated shutdown: drain the pipeline (this), then the outputs
+# close (the MQTT goodbye takes at most kwsd.mqtt.output.GOODBYE_TIMEOUT, 1 s).
 DRAIN_TIMEOUT: Final = 0.8
-MQTT_GOODBYE_TIMEOUT: Final = 1.0
-METRICS_POLL_SECONDS: Final = 1.0
-END_OF_INPUT_FLUSH_TIMEOUT: Final = 10.0
 WATCH_DEBOUNCE_MS: Final = 200
 # Settings a reload applies live; a change anywhere else needs a restart.
 _LIVE_SETTINGS: Final = frozenset(
@@ -86,6 +100,10 @@ class Daemon:
     passes one that re-applies its own flags); without it only the config file is
     re-read. `stdout` replaces sys.stdout for detection lines and `backend_wrapper`
     wraps the loaded backend (both for embedding and tests, e.g. a replay encoder).
+    `block_observer` sees every audio block the engine processed, with its timing
+    (benchmarks, diagnostics); it runs on the event loop and must return quickly.
+    `extra_outputs` are the embedder's own outputs (kwsd.outputs.Output), run after
+    the configured ones.
     """
 
     def __init__(
@@ -97,11 +115,15 @@ class Daemon:
         backend_wrapper: BackendWrapper | None = None,
         notifier: Notifier | None = None,
         install_signal_handlers: bool = True,
+        block_observer: BlockObserver | None = None,
+        extra_outputs: Iterable[Output] = (),
     ) -> None:
         self.settings = settings
         self._reload_settings = reload_settings or self._default_reload
         self._stdout = stdout
         self._backend_wrapper = backend_wrapper
+        self._block_observer = block_observer
+        self._extra_outputs = tuple(extra_outputs)
         self.notifier = notifier or Notifier.from_env()
         self._install_signals = install_signal_handlers
         self.heartbeat = Heartbeat()
@@ -109,20 +131,15 @@ class Daemon:
         self.mute = MuteState()
         self.registry: KeywordRegistry | None = None
         self.pipeline: Pipeline | None = None
-        self.link: MqttLink | None = None
-        self.stdout_publisher: StdoutPublisher | None = None
-        self.health: HealthServer | None = None
-        self.discovery: HomeAssistantDiscovery | None = None
-        self.hermes: HermesHotword | None = None
-        self.wyoming: WyomingServer | None = None
+        self.outputs = Outputs()  # built at start, from the settings
         self.model: LoadedModel | None = None
         self.started = asyncio.Event()  # model loaded, tasks running
         self.reloads = 0  # reloads attempted (SIGHUP or file edits), for tests and logs
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._input_ended = asyncio.Event()  # the file or stdin ended (not a stop request)
+        self._tasks: asyncio.TaskGroup | None = None  # while running
         self._reload_lock = asyncio.Lock()
         self._engine_version = -1  # keyword list version the engine was given last
-        self._outputs_version = -1  # keyword list version announced to integrations last
 
     # ---------------------------------------------------------------- control
 
@@ -188,172 +205,179 @@ class Daemon:
             Frontend(backend),
             search,
             heartbeat=self.heartbeat,
+            gate=DetectionGate(self.mute, settings.search.refractory_seconds),
             metrics=self.metrics,
-            refractory_seconds=settings.search.refractory_seconds,
+            observer=self._block_observer,
         )
         self.pipeline = pipeline
         self._engine_version = registry.version
         self.metrics.watch_heartbeat(self.heartbeat)
         self.metrics.set_build_info(backend=backend.name, model=model.label)
-        self._build_outputs(settings, model, backend)
-        self.mute.add_listener(lambda mute: setattr(pipeline, "muted", mute.muted))
-        registry.add_listener(self._keywords_changed)
-        return await self._serve(source, pipeline)
+        self.outputs = Outputs(
+            [*self._build_outputs(settings, model, registry), *self._extra_outputs]
+        )
+        wyoming = self._build_wyoming(settings, backend, registry)
+        return await self._serve(source, pipeline, registry, wyoming)
 
-    def _build_outputs(self, settings: Settings, model: LoadedModel, backend: Backend) -> None:
+    def _build_outputs(
+        self, settings: Settings, model: LoadedModel, registry: KeywordRegistry
+    ) -> list[Output]:
+        """The outputs the settings ask for, in delivery order (see Outputs)."""
+        outputs: list[Output] = []
+        link: MqttLink | None = None
         if settings.mqtt.host:
-            options = MqttOptions.from_settings(settings.mqtt)
-            # Leave room in the 2 s stop budget for draining the pipeline first.
-            options = dataclasses.replace(
-                options,
-                shutdown_timeout_seconds=min(
-                    options.shutdown_timeout_seconds, MQTT_GOODBYE_TIMEOUT / 2
-                ),
-            )
-            self.link = MqttLink(
-                options, site=settings.site_id, model=model.label, handler=self.registry
-            )
+            options = fit_goodbye(MqttOptions.from_settings(settings.mqtt))
+            link = MqttLink(options, site=settings.site_id, model=model.label)
+            CommandChannel(link, RegistryCommands(registry))
             if settings.mute.mute_while_topic:
-                MuteWhileTopic(self.link, settings.mute.mute_while_topic, self.mute)
-            if settings.homeassistant.discovery:
-                self.discovery = HomeAssistantDiscovery(
-                    self.link, settings.homeassistant, settings.site_id, __version__, mute=self.mute
-                )
-            if settings.hermes.enabled:
-                self.hermes = HermesHotword(
-                    self.link, settings.hermes.site_id, self.mute, model_version=model.label
-                )
-            log.info("detections go to MQTT", broker=options.address, base_topic=options.base_topic)
-        else:
-            self.stdout_publisher = StdoutPublisher(
-                site=settings.site_id, model=model.label, stream=self._stdout
-            )
-            log.info("no MQTT broker configured (mqtt.host): detections go to stdout")
-        if settings.wyoming.enabled:
-            registry = self.registry
-            assert registry is not None
-            self.wyoming = WyomingServer.for_backend(
-                backend,
-                lambda: registry.keyword_set,
-                search_options(settings),
-                version=__version__,
-                refractory_seconds=settings.search.refractory_seconds,
-                mute=self.mute,
-                on_detection=self._on_wyoming_detection,
-            )
+                MuteWhileTopic(link, settings.mute.mute_while_topic, self.mute)
         if settings.health.enabled:
-            checks = [audio_check(self.heartbeat)]
-            link = self.link
-            if link is not None:
-                checks.append(mqtt_check(lambda: LinkState(link.connected, link.status.last_error)))
-            self.health = HealthServer(
-                health_source(*checks),
-                self.metrics,
-                host=settings.health.host,
-                port=settings.health.port,
+            outputs.append(self._health_server(settings, link))
+        if link is None:
+            outputs.append(
+                StdoutPublisher(site=settings.site_id, model=model.label, stream=self._stdout)
             )
+            return outputs
+        outputs.append(
+            MqttOutput(
+                link,
+                input_ended=self._input_ended,
+                stop_requested=self._stop,
+                metrics=self.metrics,
+            )
+        )
+        if settings.homeassistant.discovery:
+            outputs.append(
+                HomeAssistantDiscovery(
+                    link, settings.homeassistant, settings.site_id, __version__, mute=self.mute
+                )
+            )
+        if settings.hermes.enabled:
+            outputs.append(
+                HermesHotword(link, settings.hermes.site_id, self.mute, model_version=model.label)
+            )
+        return outputs
 
-    async def _serve(self, source: AudioSource, pipeline: Pipeline) -> int:
+    def _health_server(self, settings: Settings, link: MqttLink | None) -> HealthServer:
+        checks = [audio_check(self.heartbeat)]
+        if link is not None:
+            checks.append(mqtt_check(lambda: LinkState(link.connected, link.status.last_error)))
+        return HealthServer(
+            health_source(*checks),
+            self.metrics,
+            host=settings.health.host,
+            port=settings.health.port,
+        )
+
+    def _build_wyoming(
+        self, settings: Settings, backend: Backend, registry: KeywordRegistry
+    ) -> WyomingServer | None:
+        if not settings.wyoming.enabled:
+            return None
+        return WyomingServer.for_backend(
+            backend,
+            lambda: registry.keyword_set,
+            search_options(settings),
+            version=__version__,
+            refractory_seconds=settings.search.refractory_seconds,
+            mute=self.mute,
+            on_detection=self._on_wyoming_detection,
+        )
+
+    async def _serve(
+        self,
+        source: AudioSource,
+        pipeline: Pipeline,
+        registry: KeywordRegistry,
+        wyoming: WyomingServer | None,
+    ) -> int:
         settings = self.settings
         audio = BoundedAudioQueue(settings.audio.max_queue_seconds)
-        if self.health is not None:
-            await self.health.start()
-        if self.wyoming is not None:
-            await self.wyoming.start(settings.wyoming.uri)
-        capture = self._spawn(self._capture(source, audio), "kwsd-capture")
-        engine = self._spawn(pipeline.run(audio, self._on_detection), "kwsd-pipeline")
-        link_task = self._spawn(self.link.run(), "kwsd-mqtt") if self.link else None
-        stdout_task = (
-            self._spawn(self.stdout_publisher.run(), "kwsd-stdout")
-            if self.stdout_publisher
-            else None
-        )
-        background = [
-            self._spawn(ServiceLifecycle(self.notifier, self.heartbeat).run(), "kwsd-lifecycle"),
-            self._spawn(self._poll_metrics(), "kwsd-metrics"),
-            self._spawn(self._watch_files(), "kwsd-watch"),
-        ]
+        async with contextlib.AsyncExitStack() as services:
+            await services.enter_async_context(self.outputs)
+            if wyoming is not None:
+                await wyoming.start(settings.wyoming.uri)
+                services.push_async_callback(wyoming.close)
+            registry.add_listener(self._keywords_changed)  # tells the outputs at once
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                background = [
+                    tasks.create_task(
+                        _contained(ServiceLifecycle(self.notifier, self.heartbeat).run()),
+                        name="kwsd-lifecycle",
+                    ),
+                    tasks.create_task(_contained(self._watch_files()), name="kwsd-watch"),
+                ]
+                try:
+                    code = await self._stream(tasks, source, pipeline, audio)
+                finally:
+                    self._tasks = None
+                    for task in background:
+                        task.cancel()
+        log.info("kwsd stopped", exit_code=code)
+        return code
+
+    async def _stream(
+        self,
+        tasks: asyncio.TaskGroup,
+        source: AudioSource,
+        pipeline: Pipeline,
+        audio: BoundedAudioQueue,
+    ) -> int:
+        """Capture and spot until stopped or the input ends; the exit code."""
+        capture = tasks.create_task(self._capture(source, audio), name="kwsd-capture")
+        engine = tasks.create_task(self._engine(pipeline, audio), name="kwsd-pipeline")
         self.started.set()
         log.info(
             "kwsd running",
-            source=getattr(source, "name", settings.audio.source),
+            source=getattr(source, "name", self.settings.audio.source),
             keywords=self.registry.keyword_set.displays() if self.registry else [],
-            site=settings.site_id,
+            site=self.settings.site_id,
         )
-        code = 0
+        stop = asyncio.ensure_future(self._stop.wait())
         try:
-            stop = asyncio.ensure_future(self._stop.wait())
             await asyncio.wait({stop, engine, capture}, return_when=asyncio.FIRST_COMPLETED)
             if capture.done() and not engine.done() and not self._stop.is_set():
                 # End of input: let the pipeline finish everything that was read.
                 await asyncio.wait({stop, engine}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            end_of_input = not self._stop.is_set()
-            code = self._capture_result(capture)
-            await self._drain(capture, engine, audio)
-            if stdout_task is not None:
-                await _cancel(stdout_task)  # writes the lines still queued
-            if link_task is not None and self.link is not None:
-                if end_of_input:
-                    await self._deliver_mqtt(self.link)
-                self.link.stop()
-                try:
-                    async with asyncio.timeout(MQTT_GOODBYE_TIMEOUT):
-                        await asyncio.shield(link_task)
-                except TimeoutError:
-                    log.warning("MQTT goodbye took too long; closing anyway")
         finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self.health is not None:
-                await self.health.close()
-            if self.wyoming is not None:
-                await self.wyoming.close()
-        log.info("kwsd stopped", exit_code=code)
-        return code
+            stop.cancel()
+        if not self._stop.is_set():
+            self._input_ended.set()  # the outputs deliver everything before closing
+        code = capture.result() if capture.done() and not capture.cancelled() else ExitCode.OK
+        await self._drain(capture, engine, audio)
+        if code == ExitCode.OK and engine.done() and not engine.cancelled():
+            code = engine.result()
+        return int(code)
 
-    async def _deliver_mqtt(self, link: MqttLink) -> None:
-        """At the end of a file or stdin, wait (bounded, or until a signal) for the broker
-        to take every detection: a short file may end before the first connection."""
-
-        async def delivered() -> None:
-            await link.wait_connected()
-            await link.flush()
-
-        flush = asyncio.ensure_future(delivered())
-        stop = asyncio.ensure_future(self._stop.wait())
-        done, _ = await asyncio.wait(
-            {flush, stop}, timeout=END_OF_INPUT_FLUSH_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
-        )
-        for future in (flush, stop):
-            await _cancel(future)
-        if flush not in done:
-            log.warning("exiting with detections not delivered to MQTT", queued=link.status.queued)
-
-    async def _capture(self, source: AudioSource, audio: BoundedAudioQueue) -> None:
+    async def _capture(self, source: AudioSource, audio: BoundedAudioQueue) -> int:
+        """Run the audio source; its exit code (0 when the input simply ended)."""
         try:
             await source.run(audio)
-        finally:
-            audio.close()
-
-    def _capture_result(self, capture: asyncio.Task[None]) -> int:
-        if not capture.done() or capture.cancelled():
-            return 0
-        error = capture.exception()
-        if error is None:
-            return 0
-        if isinstance(error, KwsdError):
+        except KwsdError as error:
             log.error("audio input failed", error=str(error))
             return int(error.exit_code)
-        log.error("audio input crashed", error=repr(error))
-        return 1
+        except Exception as error:
+            log.error("audio input crashed", error=repr(error))
+            return int(ExitCode.FAILURE)
+        finally:
+            audio.close()
+        return int(ExitCode.OK)
+
+    async def _engine(self, pipeline: Pipeline, audio: BoundedAudioQueue) -> int:
+        try:
+            await pipeline.run(audio, self._on_detection)
+        except Exception:
+            log.exception("the engine failed; stopping")
+            return int(ExitCode.FAILURE)
+        return int(ExitCode.OK)
 
     async def _drain(
-        self, capture: asyncio.Task[None], engine: asyncio.Task[None], audio: BoundedAudioQueue
+        self, capture: asyncio.Task[int], engine: asyncio.Task[int], audio: BoundedAudioQueue
     ) -> None:
         """Stop capturing, then give the pipeline a moment to finish what it has."""
-        await _cancel(capture)
+        capture.cancel()
+        await asyncio.wait({capture})
         audio.close()
         if engine.done():
             return
@@ -362,7 +386,8 @@ class Daemon:
                 await asyncio.shield(engine)
         except TimeoutError:
             log.warning("pipeline did not drain in time; unprocessed audio dropped")
-            await _cancel(engine)
+            engine.cancel()
+            await asyncio.wait({engine})
 
     # ------------------------------------------------------------- outputs
 
@@ -377,42 +402,19 @@ class Daemon:
             tokens=list(det.tokens),
         )
         self.metrics.record_detection(det.keyword)
-        if self.link is not None:
-            payload = self.link.publish_detection(det)
-            if self.discovery is not None:
-                self.discovery.on_detection(det, payload)
-            if self.hermes is not None:
-                self.hermes.on_detection(det)
-        if self.stdout_publisher is not None:
-            self.stdout_publisher.publish_detection(det)
+        self.outputs.on_detection(det)
 
     def _on_wyoming_detection(self, det: Detection) -> None:
         log.info("detection", keyword=det.keyword, start=det.start, score=det.score, via="wyoming")
         self.metrics.record_detection(det.keyword)
 
     def _keywords_changed(self, state: RegistryState) -> None:
-        # Pause/resume notify too; only a new list goes to the engine and integrations.
+        # Pause/resume notify too; only a new list goes to the engine.
         if self.pipeline is not None and state.version != self._engine_version:
             self._engine_version = state.version
             self.pipeline.set_keywords(state.keyword_set)
-        if self.link is not None:
-            self.link.publish_keywords(state.payload())
-        if state.version == self._outputs_version:
-            return
-        self._outputs_version = state.version
         self.metrics.set_keywords(len(state.keyword_set))
-        if self.discovery is not None:
-            self.discovery.publish(state.keyword_set)
-        if self.hermes is not None:
-            self.hermes.set_keywords(state.keyword_set)
-
-    async def _poll_metrics(self) -> None:
-        while True:
-            if self.link is not None:
-                status = self.link.status
-                self.metrics.set_mqtt_connected(status.connected)
-                self.metrics.set_outbox(status.queued)
-            await asyncio.sleep(METRICS_POLL_SECONDS)
+        self.outputs.on_keywords(state)
 
     # --------------------------------------------------------------- reload
 
@@ -437,7 +439,7 @@ class Daemon:
             return False
         old, self.settings = self.settings, new
         if self.pipeline is not None:
-            self.pipeline.refractory.seconds = new.search.refractory_seconds
+            self.pipeline.gate.refractory_seconds = new.search.refractory_seconds
         if new.log != old.log:
             configure_logging(new.log.level, new.log.format)
         changed = _changed_keys(old.masked_dump(), new.masked_dump())
@@ -512,20 +514,20 @@ class Daemon:
             loop.remove_signal_handler(sig)
 
     def _on_sighup(self) -> None:
+        tasks = self._tasks
+        if tasks is None:
+            log.info("SIGHUP received while starting or stopping: nothing to reload")
+            return
         log.info("SIGHUP received")
-        self._spawn(self.reload(), "kwsd-reload")
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.append(task)
-        return task
+        tasks.create_task(self.reload(), name="kwsd-reload")
 
 
-async def _cancel(task: asyncio.Future[Any]) -> None:
-    if not task.done():
-        task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+async def _contained(work: Coroutine[Any, Any, None]) -> None:
+    """Run a background concern; if it fails, log it and let spotting go on."""
+    try:
+        await work
+    except Exception:
+        log.exception("a background task failed; kwsd keeps running without it")
 
 
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -9,6 +9,8 @@ What "healthy" means is supplied by the daemon as a `HealthSource`, usually buil
 `health_source(audio_check(heartbeat), mqtt_check(...))`: audio must be flowing through
 the pipeline, and the MQTT link must be up when MQTT is configured. The source runs on
 the event loop and must be cheap and non-blocking; rendering metrics runs in a thread.
+In the daemon the server is one of its outputs (kwsd/outputs.py): started first and
+closed last, so it answers for the whole life of the process.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from http import HTTPStatus
 
 import structlog
 
+from kwsd.detection import Detection
 from kwsd.errors import ConfigError
+from kwsd.heartbeat import Heartbeat
 from kwsd.metrics import Metrics
-from kwsd.service.heartbeat import Heartbeat
+from kwsd.registry import RegistryState
 
 log = structlog.get_logger(__name__)
 
@@ -201,6 +205,12 @@ class HealthServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+
+    def on_detection(self, det: Detection) -> None:
+        """Detections reach /metrics through the daemon's Metrics, not through here."""
+
+    def on_keywords(self, state: RegistryState) -> None:
+        """The keyword count reaches /metrics through the daemon's Metrics."""
 
     async def serve(self) -> None:
         """Start, then run until cancelled (for a TaskGroup)."""

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import choose_encoder
 
 from kwsd import __version__
-from kwsd.service.heartbeat import Heartbeat
+from kwsd.heartbeat import Heartbeat
 
 # Encoder + search time for one 320 ms chunk: ~0.5 ms (CoreML/ANE) to tens of ms on a
 # small ARM board; above 320 ms the daemon falls behind real time.

@@ -1,15 +1,19 @@
-"""The daemon's dataflow: audio queue → engine worker thread → detection queue → sinks.
+"""The daemon's dataflow: audio queue → engine worker thread → gate → detection queue → sink.
 
 Only wiring lives here. Feature extraction, the encoder and the keyword search all run
 on one dedicated worker thread (they share per-stream state, and the search is cheap
 next to the encoder, so a second hop would only add latency), which keeps the event
 loop free for MQTT, the health endpoint and signals. The worker hands each block's
-detections back to the loop through a bounded queue drained by the publishing task.
+detections back to the loop, which passes them through the detection gate (mute, then
+refractory: kwsd/gate.py) and a bounded queue drained by the publishing task.
 
 Keyword swaps are requested from the loop and picked up by the worker before its next
 block, so a new list takes effect between chunks: no audio is skipped and the encoder
-keeps its state. Mute and the per-keyword refractory period are applied after the
-search, so audio keeps flowing and the heartbeat keeps beating while muted.
+keeps its state. The gate sits after the search, so audio keeps flowing and the
+heartbeat keeps beating while muted.
+
+An observer (`BlockObserver`) sees every block's outcome with its timing on the loop,
+so benchmarks and diagnostics watch the engine without reaching into it.
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import structlog
 from kwsd.audio.base import AudioBlock, FloatArray
 from kwsd.audio.queue import BoundedAudioQueue
 from kwsd.detection import Detection
-from kwsd.integrations.refractory import Refractory
+from kwsd.gate import DetectionGate, Verdict
+from kwsd.heartbeat import Heartbeat
 from kwsd.keywords import KeywordSet
 from kwsd.metrics import Metrics
-from kwsd.service.heartbeat import Heartbeat
 
 log = structlog.get_logger("kwsd.pipeline")
 
@@ -64,9 +68,38 @@ class SearchLike(Protocol):
 DetectionSink = Callable[[Detection], None]
 
 
+@dataclass(frozen=True, slots=True)
+class BlockReport:
+    """What the engine made of one captured block, with its timing."""
+
+    block: AudioBlock | None  # None: the tail flushed at the end of the input
+    found: tuple[Detection, ...]  # what the search matched, before the gate
+    published: tuple[Detection, ...]  # what passed the gate and went on to the sink
+    compute_seconds: float  # wall time the worker spent on the block
+    cpu_seconds: float  # CPU time of the worker thread on the block
+    finished_at: float  # time.monotonic() when the worker was done with it
+
+
+BlockObserver = Callable[[BlockReport], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    """A block's result as the worker thread hands it back to the loop."""
+
+    found: list[Detection]
+    compute_seconds: float
+    cpu_seconds: float
+    finished_at: float
+
+
 @dataclass(slots=True)
 class PipelineStats:
-    """Counters for logs and tests (written by the worker, read anywhere)."""
+    """Counters for logs and tests, readable anywhere.
+
+    The worker thread counts blocks and chunks; the loop, where the gate runs, counts
+    the detections.
+    """
 
     blocks: int = 0
     chunks: int = 0
@@ -78,7 +111,11 @@ class PipelineStats:
 
 
 class Pipeline:
-    """Runs one audio stream through the engine and hands detections to a sink."""
+    """Runs one audio stream through the engine and hands gated detections to a sink.
+
+    `gate` decides what is published (default: no mute, 1 s refractory); `observer`,
+    if given, is called on the loop after every block and must return quickly.
+    """
 
     def __init__(
         self,
@@ -86,17 +123,17 @@ class Pipeline:
         search: SearchLike,
         *,
         heartbeat: Heartbeat,
+        gate: DetectionGate | None = None,
         metrics: Metrics | None = None,
-        refractory_seconds: float = 1.0,
+        observer: BlockObserver | None = None,
     ) -> None:
         self.frontend = frontend
         self.search = search
         self.heartbeat = heartbeat
+        self.gate = gate if gate is not None else DetectionGate()
         self.metrics = metrics
-        self.refractory = Refractory(refractory_seconds)
+        self.observer = observer
         self.stats = PipelineStats()
-        # Set on the loop (a mute listener), read by the worker between blocks.
-        self.muted = False
         self._pending: KeywordSet | None = None
         self._pending_lock = threading.Lock()
         self._compute_s = 0.0  # engine time not yet attributed to a chunk
@@ -135,17 +172,47 @@ class Pipeline:
         while True:
             block = await audio.get()
             if block is None:
-                found = await loop.run_in_executor(self._executor, self._finish)
-                self._deliver(found)
+                work = await loop.run_in_executor(self._executor, self._finish)
+                self._deliver(None, work)
                 return
-            found = await loop.run_in_executor(self._executor, self._process, block)
-            self._deliver(found)
+            work = await loop.run_in_executor(self._executor, self._process, block)
+            self._deliver(block, work)
             if self.metrics is not None:
                 self.metrics.record_dropped(audio.dropped_seconds - self._reported_drop)
                 self._reported_drop = audio.dropped_seconds
 
-    def _deliver(self, found: list[Detection]) -> None:
-        for det in found:
+    def _deliver(self, block: AudioBlock | None, work: _Work) -> None:
+        published = [det for det in work.found if self._admit(det)]
+        self._enqueue(published)
+        if self.observer is not None:
+            report = BlockReport(
+                block,
+                tuple(work.found),
+                tuple(published),
+                work.compute_seconds,
+                work.cpu_seconds,
+                work.finished_at,
+            )
+            try:
+                self.observer(report)
+            except Exception:
+                log.exception("pipeline observer failed")
+
+    def _admit(self, det: Detection) -> bool:
+        verdict = self.gate.check(det)
+        if verdict is Verdict.MUTED:
+            self.stats.muted_dropped += 1
+            log.info("detection while muted: not published", keyword=det.keyword, start=det.start)
+            return False
+        if verdict is Verdict.REPEAT:
+            self.stats.refractory_dropped += 1
+            log.debug("repeat within the refractory period dropped", keyword=det.keyword)
+            return False
+        self.stats.detections += 1
+        return True
+
+    def _enqueue(self, published: list[Detection]) -> None:
+        for det in published:
             try:
                 self._detections.put_nowait(det)
             except asyncio.QueueFull:
@@ -164,22 +231,32 @@ class Pipeline:
 
     # ------------------------------------------------------- worker thread only
 
-    def _process(self, block: AudioBlock) -> list[Detection]:
-        started = time.perf_counter()
+    def _process(self, block: AudioBlock) -> _Work:
+        started, cpu = time.perf_counter(), time.thread_time()
         self._apply_pending()
         if block.discontinuity:
             self._restart_at(block)
         chunks = self.frontend.accept(block.samples)
         found = self._search(chunks, started)
         self.stats.blocks += 1
-        return found
+        return self._work(found, started, cpu)
 
-    def _finish(self) -> list[Detection]:
-        started = time.perf_counter()
+    def _finish(self) -> _Work:
+        started, cpu = time.perf_counter(), time.thread_time()
         self._apply_pending()
         # Padding at shutdown is not captured audio: it must not count as a heartbeat,
         # or a daemon that never heard anything would report READY while stopping.
-        return self._search(self.frontend.flush(), started, beat=False)
+        found = self._search(self.frontend.flush(), started, beat=False)
+        return self._work(found, started, cpu)
+
+    @staticmethod
+    def _work(found: list[Detection], started: float, cpu: float) -> _Work:
+        return _Work(
+            found,
+            compute_seconds=time.perf_counter() - started,
+            cpu_seconds=time.thread_time() - cpu,
+            finished_at=time.monotonic(),
+        )
 
     def _apply_pending(self) -> None:
         with self._pending_lock:
@@ -206,9 +283,7 @@ class Pipeline:
     ) -> list[Detection]:
         found: list[Detection] = []
         for chunk in chunks:
-            for det in self.search.step(chunk):
-                if self._keep(det):
-                    found.append(det)
+            found.extend(self.search.step(chunk))
         self._compute_s += time.perf_counter() - started
         if chunks:
             per_chunk = self._compute_s / len(chunks)
@@ -220,15 +295,3 @@ class Pipeline:
                 if beat:
                     self.heartbeat.beat()
         return found
-
-    def _keep(self, det: Detection) -> bool:
-        if self.muted:
-            self.stats.muted_dropped += 1
-            log.info("detection while muted: not published", keyword=det.keyword, start=det.start)
-            return False
-        if not self.refractory.allow(det):
-            self.stats.refractory_dropped += 1
-            log.debug("repeat within the refractory period dropped", keyword=det.keyword)
-            return False
-        self.stats.detections += 1
-        return True

@@ -1,10 +1,15 @@
 """The keyword registry: which keywords are active, where they came from, and their version.
 
 Two sources feed it. The configuration (inline `[keywords]` entries plus the keywords
-file) is reloaded on SIGHUP and on file edits; MQTT commands (`cmd/keywords/set|add|
-remove`, `cmd/pause|resume`) change the list at runtime. Every update is compiled
-against the model's vocabulary *before* it replaces anything, so a bad update is refused
-with the compiler's message and the previous list keeps running.
+file) is reloaded on SIGHUP and on file edits; runtime changes (`set`, `add`, `remove`,
+`pause`, `resume`) change the list while kwsd runs. Every update is compiled against
+the model's vocabulary *before* it replaces anything, so a bad update is refused with
+the compiler's message and the previous list keeps running.
+
+The registry knows nothing about MQTT: its operations return typed results
+(KeywordChange, Refusal, PauseChange), and kwsd/mqtt/commands.py turns MQTT commands
+into these calls and the results into replies. MQTT commands are the daemon's only
+runtime caller, so a list changed at runtime is called "the MQTT list" below.
 
 Precedence (documented for users in the README):
 
@@ -31,14 +36,13 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import structlog
 from pydantic import ValidationError
 
 from kwsd.backends.base import ModelDefaults
 from kwsd.errors import KeywordError, KwsdError
-from kwsd.integrations.mute import MuteState
 from kwsd.keywords import (
     KeywordSet,
     KeywordSpec,
@@ -47,8 +51,7 @@ from kwsd.keywords import (
     load_keyword_file,
     pieces_to_phrase,
 )
-from kwsd.mqtt.commands import Command, CommandResult
-from kwsd.mqtt.payloads import KeywordsPayload, spec_to_dict
+from kwsd.mute import MuteState
 
 if TYPE_CHECKING:
     from kwsd.config import KeywordsSettings, SearchSettings
@@ -58,6 +61,29 @@ log = structlog.get_logger("kwsd.registry")
 STATE_FILE_NAME: Final = "keywords-state.json"
 _STATE_FORMAT: Final = 1
 Origin = Literal["config", "mqtt"]
+
+
+def canonical_spec(spec: KeywordSpec) -> dict[str, Any]:
+    """A keyword entry as plain JSON data: every field that differs from its default.
+
+    The registry's own form for the config digest and the state file, independent of
+    any wire format on purpose: if what MQTT publishes changed, a digest built from it
+    would change too, and every saved keyword list would be dropped at the next start
+    as if the configuration had been edited. Generic over the model's fields, so a new
+    KeywordSpec field takes part in the digest without anyone remembering to add it.
+    """
+    data: dict[str, Any] = {}
+    for name, field in type(spec).model_fields.items():
+        value = getattr(spec, name)
+        if value != field.get_default(call_default_factory=True):
+            data[name] = _plain(value)
+    return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +99,7 @@ class ConfigKeywords:
     def digest(self) -> str:
         """Changes exactly when what the configuration asks for changes."""
         data = {
-            "keywords": [spec_to_dict(s) for s in self.specs],
+            "keywords": [canonical_spec(s) for s in self.specs],
             "boost": self.boost,
             "threshold": self.threshold,
         }
@@ -169,7 +195,7 @@ def write_state(path: Path, state: SavedState) -> None:
         "format": _STATE_FORMAT,
         "version": state.version,
         "config_digest": state.config_digest,
-        "keywords": [spec_to_dict(s) for s in state.keywords],
+        "keywords": [canonical_spec(s) for s in state.keywords],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -196,15 +222,44 @@ class RegistryState:
     paused: bool
     origin: Origin
 
-    def payload(self) -> KeywordsPayload:
-        return KeywordsPayload(
-            version=self.version,
-            keywords=self.specs,
-            paused=self.paused,
-            warnings=self.keyword_set.warnings,
-        )
+
+@dataclass(frozen=True, slots=True)
+class KeywordChange:
+    """A runtime change that was applied: the new list is active as `version`.
+
+    `added` and `removed` are display names that appeared or disappeared; an `add`
+    that only re-tunes an active keyword (its threshold, say) lists it in neither.
+    """
+
+    version: int
+    keywords: tuple[str, ...]  # the active display names, in order
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A runtime change that was refused; `version` (the previous list) stays active."""
+
+    error: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class PauseChange:
+    """The pause state after `pause`/`resume` (which never change the list or its version).
+
+    `muted` can stay true after a resume: other reasons (Hermes, a media topic) mute
+    too, and a resume only ends pauses.
+    """
+
+    paused: bool
+    muted: bool
+    version: int
+
+
+ChangeResult = KeywordChange | Refusal
 Listener = Callable[[RegistryState], None]
 
 
@@ -232,12 +287,41 @@ def _label(spec: KeywordSpec) -> str:
     return spec.display or spec.phrase or " ".join(spec.pieces or ())
 
 
+def _added(
+    current: tuple[KeywordSpec, ...], specs: Sequence[KeywordSpec]
+) -> tuple[KeywordSpec, ...]:
+    result = list(current)
+    for entry in specs:
+        same = [i for i, s in enumerate(result) if _identity(s) == _identity(entry)]
+        if same:
+            result[same[0]] = entry
+        else:
+            result.append(entry)
+    return tuple(result)
+
+
+def _removed(
+    current: tuple[KeywordSpec, ...], names: Sequence[KeywordSpec | str]
+) -> tuple[KeywordSpec, ...]:
+    result = list(current)
+    for entry in names:
+        name = entry if isinstance(entry, str) else _label(entry)
+        keep = [s for s in result if not _matches(s, name)]
+        if len(keep) == len(result):
+            active = ", ".join(_label(s).upper() for s in result) or "none"
+            raise KeywordError(
+                f"no active keyword named {name!r} (active: {active}); nothing was removed"
+            )
+        result = keep
+    return tuple(result)
+
+
 class KeywordRegistry:
-    """The active keyword list; implements the MQTT `CommandHandler` protocol.
+    """The active keyword list, its version, where it came from, and the pause switch.
 
     Methods are called on the event loop; compiling and file I/O run in worker threads.
     Updates are serialised, and each one either fully applies (new KeywordSet, version+1,
-    listeners told) or changes nothing.
+    listeners told) or changes nothing and says why.
     """
 
     def __init__(
@@ -354,29 +438,49 @@ class KeywordRegistry:
             self._notify()
             return True
 
-    # ------------------------------------------------------------------ commands
+    # ------------------------------------------------------------------ runtime
 
-    async def handle(self, command: Command) -> CommandResult:
-        if command.name == "pause":
-            self.mute.pause(command.reason)
-            return CommandResult(ok=True, keywords_version=self._version)
-        if command.name == "resume":
-            self.mute.resume(command.reason)
-            return CommandResult(ok=True, keywords_version=self._version)
+    async def set(self, specs: Sequence[KeywordSpec]) -> ChangeResult:
+        """Replace the whole list (an empty list is allowed, with a warning)."""
+        return await self._change("set", lambda _current: tuple(specs))
+
+    async def add(self, specs: Sequence[KeywordSpec]) -> ChangeResult:
+        """Add keywords; an entry for a keyword already active replaces that entry."""
+        return await self._change("add", lambda current: _added(current, specs))
+
+    async def remove(self, names: Sequence[KeywordSpec | str]) -> ChangeResult:
+        """Remove keywords named by display name, phrase or pieces (or by an entry).
+
+        Refused as a whole when one name matches nothing, so a typo never half-applies.
+        """
+        return await self._change("remove", lambda current: _removed(current, names))
+
+    def pause(self, reason: str | None = None) -> PauseChange:
+        """Stop publishing detections (audio keeps flowing) until `resume`."""
+        self.mute.pause(reason)
+        return self._pause_change()
+
+    def resume(self, reason: str | None = None) -> PauseChange:
+        """End the pause for `reason`; without one, end every pause."""
+        self.mute.resume(reason)
+        return self._pause_change()
+
+    def _pause_change(self) -> PauseChange:
+        return PauseChange(paused=self.paused, muted=self.mute.muted, version=self._version)
+
+    async def _change(
+        self, operation: str, edit: Callable[[tuple[KeywordSpec, ...]], tuple[KeywordSpec, ...]]
+    ) -> ChangeResult:
         async with self._lock:
             try:
-                specs = self._apply(command)
+                specs = edit(self._specs)
             except KeywordError as exc:
-                return CommandResult(ok=False, error=str(exc), keywords_version=self._version)
+                return Refusal(error=str(exc), version=self._version)
             version = self._version + 1
             try:
                 ks = await asyncio.to_thread(self._compile, specs, version)
             except KwsdError as exc:
-                return CommandResult(
-                    ok=False,
-                    error=f"{exc}. Nothing was changed.",
-                    keywords_version=self._version,
-                )
+                return Refusal(error=f"{exc}. Nothing was changed.", version=self._version)
             warnings = list(ks.warnings)
             if not ks.keywords:
                 warnings.append("the keyword list is now empty: nothing will be detected")
@@ -390,43 +494,22 @@ class KeywordRegistry:
                     f"applied but not saved ({self.state_path}: {exc.strerror or exc}); "
                     "it will be lost on restart"
                 )
+            before = self._set.displays()
             self._install(ks, specs, version, "mqtt")
+            after = ks.displays()
             log.info(
-                "keywords changed over MQTT",
-                command=command.name,
-                keywords=ks.displays(),
-                version=version,
+                "keywords changed at runtime", operation=operation, keywords=after, version=version
             )
             self._notify()
-            return CommandResult(ok=True, keywords_version=version, warnings=tuple(warnings))
+            return KeywordChange(
+                version=version,
+                keywords=tuple(after),
+                added=tuple(d for d in after if d not in before),
+                removed=tuple(d for d in before if d not in after),
+                warnings=tuple(warnings),
+            )
 
     # ------------------------------------------------------------------ internals
-
-    def _apply(self, command: Command) -> tuple[KeywordSpec, ...]:
-        """The list a set/add/remove command asks for (not yet validated)."""
-        if command.name == "set":
-            return tuple(e for e in command.entries if isinstance(e, KeywordSpec))
-        current = list(self._specs)
-        if command.name == "add":
-            for entry in command.entries:
-                if not isinstance(entry, KeywordSpec):
-                    continue
-                same = [i for i, s in enumerate(current) if _identity(s) == _identity(entry)]
-                if same:
-                    current[same[0]] = entry
-                else:
-                    current.append(entry)
-            return tuple(current)
-        for entry in command.entries:
-            name = entry if isinstance(entry, str) else _label(entry)
-            keep = [s for s in current if not _matches(s, name)]
-            if len(keep) == len(current):
-                active = ", ".join(_label(s).upper() for s in current) or "none"
-                raise KeywordError(
-                    f"no active keyword named {name!r} (active: {active}); nothing was removed"
-                )
-            current = keep
-        return tuple(current)
 
     def _compile(
         self, specs: Sequence[KeywordSpec], version: int, config: ConfigKeywords | None = None

@@ -13,6 +13,7 @@ from typing import Any
 
 from kwsd.config import Settings, load_settings
 from kwsd.daemon import Daemon
+from kwsd.mqtt import MqttLink, MqttOutput
 
 
 def make_settings(
@@ -71,6 +72,13 @@ async def running(daemon: Daemon) -> AsyncIterator[asyncio.Task[int]]:
                 await task
             raise
         assert code == 0
+
+
+def mqtt_link(daemon: Daemon) -> MqttLink:
+    """The link of the daemon's MQTT output (the daemon must be running with a broker)."""
+    output = daemon.outputs.find(MqttOutput)
+    assert output is not None, "the daemon has no MQTT output"
+    return output.link
 
 
 def json_lines(stream: io.StringIO) -> list[dict[str, Any]]:

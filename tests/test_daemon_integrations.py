@@ -50,6 +50,12 @@ async def test_home_assistant_and_hermes_are_wired(
         assert json.loads(config.payload)["event_types"] == ["HEY COMPUTER"]
         event = await sub.wait_for(lambda m: m.topic.value == f"{base}/event")
         assert json.loads(event.payload)["event_type"] == "HEY COMPUTER"
+        # The HA event and the detection message are one event: same id, same time.
+        detections = [
+            json.loads(m.payload) for m in sub.messages if m.topic.value == f"{base}/detection"
+        ]
+        same = [d for d in detections if d["id"] == json.loads(event.payload)["id"]]
+        assert len(same) == 1 and same[0]["time"] == json.loads(event.payload)["time"]
         detected = json.loads((await hermes.wait_for(lambda m: True)).payload)
         assert detected["siteId"] == "testsite" and detected["modelId"] == "HEY COMPUTER"
 

@@ -16,6 +16,7 @@ import aiomqtt
 from async_support import wait_until
 from daemon_support import (
     make_settings,
+    mqtt_link,
     mqtt_settings,
     running,
 )
@@ -154,20 +155,21 @@ async def test_detections_during_a_broker_outage_arrive_after_reconnect(
     daemon = Daemon(settings, install_signal_handlers=False)
     session = f"outage-{os.getpid()}"
     async with running(daemon):
-        assert daemon.link is not None and daemon.pipeline is not None
+        link = mqtt_link(daemon)
+        assert daemon.pipeline is not None
         stats = daemon.pipeline.stats
         async with broker.subscriber(f"{base}/detection", session=session) as sub:
             await sub.next(within=10)
         broker.save()  # keep the subscriber's session across the kill
         broker.kill()
         killed = time.time()
-        await wait_until(lambda: not daemon.link.connected, what="the link to notice")
+        await wait_until(lambda: not link.connected, what="the link to notice")
         during = stats.detections
         await wait_until(lambda: stats.detections > during, what="a detection in the outage")
-        await wait_until(lambda: daemon.link.status.queued >= 1, what="it to be queued")
+        await wait_until(lambda: link.status.queued >= 1, what="it to be queued")
         broker.start()
         restarted = time.time()
-        await wait_until(lambda: daemon.link.connected, what="reconnect")
+        await wait_until(lambda: link.connected, what="reconnect")
         async with broker.subscriber(f"{base}/detection", session=session) as sub:
             message = await sub.wait_for(
                 lambda m: killed <= _epoch(DetectionPayload.from_json(m.payload).time) <= restarted,
@@ -189,7 +191,7 @@ async def test_keywords_set_over_mqtt_survive_a_restart(
     settings = settings_for(tmp_path, assets, speech, mosquitto, base, **{"audio.loop": True})
     first = Daemon(settings, install_signal_handlers=False)
     async with mosquitto.subscriber(f"{base}/cmd/result") as sub, running(first):
-        await wait_until(lambda: first.link is not None and first.link.connected)
+        await wait_until(lambda: mqtt_link(first).connected)
         await mosquitto.publish(f"{base}/cmd/keywords/set", '["TURN ON THE LIGHTS"]')
         assert CommandReply.from_json((await sub.next()).payload).ok
 

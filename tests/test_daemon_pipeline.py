@@ -17,11 +17,12 @@ from kwsd.backends.base import Backend
 from kwsd.backends.loader import load_backend
 from kwsd.detection import Detection
 from kwsd.engine import Frontend
+from kwsd.gate import DetectionGate
+from kwsd.heartbeat import Heartbeat
 from kwsd.keywords import KeywordSet, KeywordSpec, Tokenizer, compile_keywords
 from kwsd.model.bundle import assets_bundle
 from kwsd.pipeline import Pipeline
 from kwsd.search import KeywordSearch, SearchOptions
-from kwsd.service import Heartbeat
 
 BLOCK = 1600  # 100 ms
 
@@ -64,7 +65,8 @@ async def run(pipeline: Pipeline, items: list[AudioBlock]) -> list[Detection]:
 
 def make_pipeline(backend: Backend, ks: KeywordSet) -> Pipeline:
     search = KeywordSearch(backend, ks, SearchOptions())
-    return Pipeline(Frontend(backend), search, heartbeat=Heartbeat(), refractory_seconds=0.0)
+    gate = DetectionGate(refractory_seconds=0.0)
+    return Pipeline(Frontend(backend), search, heartbeat=Heartbeat(), gate=gate)
 
 
 async def test_times_stay_absolute_across_an_audio_gap(

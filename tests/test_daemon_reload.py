@@ -124,4 +124,4 @@ async def test_reload_names_settings_that_need_a_restart(
         warnings = [e for e in logs if "restart" in e["event"]]
         assert warnings and warnings[0]["settings"] == ["search.beam"], logs
         assert daemon.pipeline is not None
-        assert daemon.pipeline.refractory.seconds == 2.5  # applied live
+        assert daemon.pipeline.gate.refractory_seconds == 2.5  # applied live

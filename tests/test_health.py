@@ -22,8 +22,8 @@ from kwsd.health import (
     health_source,
     mqtt_check,
 )
+from kwsd.heartbeat import Heartbeat
 from kwsd.metrics import Metrics
-from kwsd.service.heartbeat import Heartbeat
 
 
 class FakeClock:

@@ -13,8 +13,8 @@ from mqtt_broker import Mosquitto, link_options, running
 
 from kwsd.detection import Detection
 from kwsd.integrations.hermes import HermesHotword, wakeword_id
-from kwsd.integrations.mute import HERMES, MuteState
 from kwsd.mqtt import MqttLink
+from kwsd.mute import HERMES, MuteState
 
 HEY = Detection("HEY COMPUTER", "HEY COMPUTER", ("▁HE", "Y", "▁COMPUTER"), 0.4, 0.76, 0.59, 19)
 

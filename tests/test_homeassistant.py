@@ -18,8 +18,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from kwsd.config import HomeAssistantSettings
 from kwsd.detection import Detection
 from kwsd.integrations.homeassistant import HomeAssistantDiscovery, slug
-from kwsd.integrations.mute import MuteState
-from kwsd.mqtt import Command, CommandResult, MqttLink, MqttOptions
+from kwsd.mqtt import Command, CommandChannel, CommandResult, MqttLink, MqttOptions
+from kwsd.mute import MuteState
 
 VERSION = "1.2.3"
 HEY = Detection("HEY COMPUTER", "HEY COMPUTER", ("▁HE", "Y", "▁COMPUTER"), 0.4, 0.76, 0.59, 19)
@@ -49,8 +49,8 @@ def prefix() -> str:
 async def site(
     mosquitto: Mosquitto, base: str, prefix: str, *, mute: MuteState | None = None
 ) -> AsyncIterator[tuple[MqttLink, HomeAssistantDiscovery]]:
-    handler = PauseHandler(mute) if mute is not None else None
-    link = MqttLink(link_options(mosquitto, base), site="kitchen", model="m", handler=handler)
+    link = MqttLink(link_options(mosquitto, base), site="kitchen", model="m")
+    CommandChannel(link, PauseHandler(mute) if mute is not None else None)
     settings = HomeAssistantSettings(discovery_prefix=prefix, node_id="kitchen")
     ha = HomeAssistantDiscovery(link, settings, "kitchen", VERSION, mute=mute)
     async with running(link):

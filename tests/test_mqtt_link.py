@@ -1,4 +1,5 @@
-"""MqttLink against a real mosquitto: payloads, retained state, commands, bad input."""
+"""MqttLink and its CommandChannel against a real mosquitto: payloads, retained state,
+commands, bad input."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from kwsd.errors import KeywordError
 from kwsd.keywords.spec import KeywordSpec
 from kwsd.mqtt import (
     Command,
+    CommandChannel,
     CommandReply,
     CommandResult,
     DetectionPayload,
@@ -206,7 +208,7 @@ async def test_set_command_replies_on_result_and_response_topic(
 ) -> None:
     link = make_link(mosquitto, mqtt_base_topic)
     handler = KeywordListHandler(link, tokens_file)
-    link.handler = handler
+    CommandChannel(link, handler)
     reply_to = f"{mqtt_base_topic}-replies/client-1"
     body = json.dumps(
         {"id": "req-1", "keywords": ["GOOD NIGHT", {"pieces": "▁ L IGHT ▁UP", "boost": 2.0}]}
@@ -247,7 +249,7 @@ async def test_add_remove_pause_resume(
 ) -> None:
     link = make_link(mosquitto, mqtt_base_topic)
     handler = KeywordListHandler(link, tokens_file)
-    link.handler = handler
+    CommandChannel(link, handler)
     cmd = f"{mqtt_base_topic}/cmd"
     async with running(link), mosquitto.subscriber(f"{cmd}/result") as results:
         steps = [
@@ -313,7 +315,7 @@ async def test_bad_command_gets_error_reply_and_link_keeps_working(
 ) -> None:
     link = make_link(mosquitto, mqtt_base_topic)
     handler = KeywordListHandler(link, tokens_file)
-    link.handler = handler
+    CommandChannel(link, handler)
     cmd = f"{mqtt_base_topic}/cmd"
     async with running(link), mosquitto.subscriber(f"{cmd}/result") as results:
         await mosquitto.publish(f"{cmd}/{verb}", payload)
@@ -341,13 +343,14 @@ async def test_handler_crash_and_missing_handler_are_error_replies(
             raise RuntimeError("boom")
 
     link = make_link(mosquitto, mqtt_base_topic)
+    channel = CommandChannel(link)
     cmd = f"{mqtt_base_topic}/cmd"
     async with running(link), mosquitto.subscriber(f"{cmd}/result") as results:
         await mosquitto.publish(f"{cmd}/pause", b"")
         reply = CommandReply.from_json((await results.next()).payload)
         assert not reply.ok and reply.error is not None
         assert "does not accept commands" in reply.error
-        link.handler = Crashing()
+        channel.handler = Crashing()
         await mosquitto.publish(f"{cmd}/resume", b"")
         reply = CommandReply.from_json((await results.next()).payload)
         assert not reply.ok and reply.error is not None
@@ -362,7 +365,7 @@ async def test_retained_command_is_ignored(
     await mosquitto.publish(f"{cmd}/keywords/set", b'["STALE"]', retain=True)
     link = make_link(mosquitto, mqtt_base_topic)
     handler = KeywordListHandler(link, tokens_file)
-    link.handler = handler
+    CommandChannel(link, handler)
     try:
         async with running(link), mosquitto.subscriber(f"{cmd}/result") as results:
             await mosquitto.publish(f"{cmd}/keywords/add", b'["FRESH"]')
@@ -378,7 +381,7 @@ async def test_mqtt_311_detection_status_and_commands(
 ) -> None:
     link = make_link(mosquitto, mqtt_base_topic, protocol="3.1.1")
     handler = KeywordListHandler(link, tokens_file)
-    link.handler = handler
+    CommandChannel(link, handler)
     v311 = aiomqtt.ProtocolVersion.V311
     async with running(link), mosquitto.subscriber(f"{mqtt_base_topic}/#", protocol=v311) as sub:
         sent = link.publish_detection(LIGHT_UP)

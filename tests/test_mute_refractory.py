@@ -9,9 +9,10 @@ from async_support import wait_until
 from mqtt_broker import Mosquitto, link_options, running
 
 from kwsd.detection import Detection
-from kwsd.integrations.mute import PAUSE, TOPIC, MuteState, MuteWhileTopic, is_truthy
-from kwsd.integrations.refractory import Refractory
+from kwsd.integrations.mute_topic import MuteWhileTopic, is_truthy
 from kwsd.mqtt import MqttLink
+from kwsd.mute import PAUSE, TOPIC, MuteState
+from kwsd.refractory import Refractory
 
 
 def det(keyword: str, end: float) -> Detection:

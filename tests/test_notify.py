@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from kwsd.service.heartbeat import Heartbeat
+from kwsd.heartbeat import Heartbeat
 from kwsd.service.notify import Notifier, parse_address, parse_watchdog
 from kwsd.service.watchdog import ServiceLifecycle, Watchdog
 

@@ -1,4 +1,5 @@
-"""The keyword registry with the real tokenizer: commands, reloads, persistence, precedence."""
+"""The keyword registry with the real tokenizer: runtime changes, reloads, persistence,
+precedence; and the MQTT commands mapped onto it."""
 
 from __future__ import annotations
 
@@ -13,13 +14,18 @@ from kwsd.backends.base import ModelDefaults
 from kwsd.config import load_settings
 from kwsd.errors import KeywordError
 from kwsd.keywords import KeywordSpec, Tokenizer
-from kwsd.mqtt.commands import parse_command
+from kwsd.mqtt.commands import CommandResult, RegistryCommands, parse_command
+from kwsd.mqtt.payloads import KeywordsPayload
 from kwsd.registry import (
     STATE_FILE_NAME,
     ConfigKeywords,
+    KeywordChange,
     KeywordCompiler,
     KeywordRegistry,
+    PauseChange,
+    Refusal,
     RegistryState,
+    canonical_spec,
     config_keywords,
     read_state,
 )
@@ -39,8 +45,23 @@ def registry(compiler: KeywordCompiler, tmp_path: Path) -> KeywordRegistry:
     return KeywordRegistry(compiler, tmp_path / STATE_FILE_NAME)
 
 
-def cmd(verb: str, payload: str) -> object:
-    return parse_command(verb, payload.encode())
+def specs(*phrases: str) -> list[KeywordSpec]:
+    return [KeywordSpec(phrase=p) for p in phrases]
+
+
+def applied(result: KeywordChange | Refusal) -> KeywordChange:
+    assert isinstance(result, KeywordChange), result
+    return result
+
+
+def refused(result: KeywordChange | Refusal) -> Refusal:
+    assert isinstance(result, Refusal), result
+    return result
+
+
+async def command(reg: KeywordRegistry, verb: str, payload: str) -> CommandResult:
+    """An MQTT command as the daemon's command channel hands it to the registry."""
+    return await RegistryCommands(reg).handle(parse_command(verb, payload.encode()))
 
 
 async def test_config_list_loads_with_version_one(
@@ -61,12 +82,12 @@ async def test_set_is_applied_persisted_and_restored(
     reg.load(config("HEY COMPUTER"))
     seen: list[RegistryState] = []
     reg.add_listener(seen.append)
-    result = await reg.handle(cmd("keywords/set", '["OPEN THE GARAGE", {"phrase": "GOOD NIGHT"}]'))
-    assert result.ok, result.error
-    assert result.keywords_version == 2
+    result = applied(await reg.set(specs("OPEN THE GARAGE", "GOOD NIGHT")))
+    assert result.version == 2
+    assert (result.added, result.removed) == (("OPEN THE GARAGE", "GOOD NIGHT"), ("HEY COMPUTER",))
     assert reg.keyword_set.displays() == ["OPEN THE GARAGE", "GOOD NIGHT"]
     assert seen[-1].version == 2 and seen[-1].origin == "mqtt"
-    payload = json.loads(seen[-1].payload().to_json())
+    payload = json.loads(KeywordsPayload.from_state(seen[-1]).to_json())
     assert [k["phrase"] for k in payload["keywords"]] == ["OPEN THE GARAGE", "GOOD NIGHT"]
 
     saved = read_state(tmp_path / STATE_FILE_NAME)
@@ -86,7 +107,7 @@ async def test_changed_config_wins_over_saved_list(
 ) -> None:
     reg = registry(compiler, tmp_path)
     reg.load(config("HEY COMPUTER"))
-    assert (await reg.handle(cmd("keywords/set", '["GOOD NIGHT"]'))).ok
+    applied(await reg.set(specs("GOOD NIGHT")))
 
     again = registry(compiler, tmp_path)
     state = again.load(config("HEY COMPUTER", "LIGHTS OFF"))
@@ -104,13 +125,12 @@ async def test_invalid_set_is_refused_and_nothing_changes(
 ) -> None:
     reg = registry(compiler, tmp_path)
     reg.load(config("HEY COMPUTER"))
-    assert (await reg.handle(cmd("keywords/set", '["GOOD NIGHT"]'))).ok
+    applied(await reg.set(specs("GOOD NIGHT")))
     before = (tmp_path / STATE_FILE_NAME).read_bytes()
-    result = await reg.handle(cmd("keywords/set", '["LIGHT 2", "LIGHTS OFF"]'))
-    assert not result.ok
-    assert result.error is not None and "'2'" in result.error and "as words" in result.error
+    result = refused(await reg.set(specs("LIGHT 2", "LIGHTS OFF")))
+    assert "'2'" in result.error and "as words" in result.error
     assert "Nothing was changed" in result.error
-    assert result.keywords_version == 2
+    assert result.version == 2
     assert reg.keyword_set.displays() == ["GOOD NIGHT"]
     assert (tmp_path / STATE_FILE_NAME).read_bytes() == before
 
@@ -120,20 +140,19 @@ async def test_add_replaces_same_keyword_and_remove_by_name(
 ) -> None:
     reg = registry(compiler, tmp_path)
     reg.load(config("HEY COMPUTER", "LIGHTS OFF"))
-    result = await reg.handle(
-        cmd("keywords/add", '[{"phrase": "lights off", "threshold": 0.4}, "GOOD NIGHT"]')
+    result = applied(
+        await reg.add([KeywordSpec(phrase="lights off", threshold=0.4), *specs("GOOD NIGHT")])
     )
-    assert result.ok, result.error
+    assert (result.added, result.removed) == (("GOOD NIGHT",), ())  # LIGHTS OFF re-tuned
     ks = reg.keyword_set
     assert ks.displays() == ["HEY COMPUTER", "LIGHTS OFF", "GOOD NIGHT"]
     assert ks.keywords[1].threshold == pytest.approx(0.4)
 
-    assert (await reg.handle(cmd("keywords/remove", '["hey computer"]'))).ok
+    assert applied(await reg.remove(["hey computer"])).removed == ("HEY COMPUTER",)
     assert reg.keyword_set.displays() == ["LIGHTS OFF", "GOOD NIGHT"]
 
-    missing = await reg.handle(cmd("keywords/remove", '["OPEN SESAME"]'))
-    assert not missing.ok
-    assert missing.error is not None and "OPEN SESAME" in missing.error
+    missing = refused(await reg.remove(["OPEN SESAME"]))
+    assert "OPEN SESAME" in missing.error
     assert "LIGHTS OFF" in missing.error  # lists what can be removed
     assert reg.keyword_set.displays() == ["LIGHTS OFF", "GOOD NIGHT"]
 
@@ -143,8 +162,7 @@ async def test_empty_set_is_allowed_with_a_warning(
 ) -> None:
     reg = registry(compiler, tmp_path)
     reg.load(config("HEY COMPUTER"))
-    result = await reg.handle(cmd("keywords/set", "[]"))
-    assert result.ok
+    result = applied(await reg.set([]))
     assert any("empty" in w for w in result.warnings)
     assert len(reg.keyword_set) == 0
 
@@ -152,7 +170,7 @@ async def test_empty_set_is_allowed_with_a_warning(
 async def test_reload(compiler: KeywordCompiler, tmp_path: Path) -> None:
     reg = registry(compiler, tmp_path)
     reg.load(config("HEY COMPUTER"))
-    assert (await reg.handle(cmd("keywords/set", '["GOOD NIGHT"]'))).ok
+    applied(await reg.set(specs("GOOD NIGHT")))
     # Same configured keywords (e.g. SIGHUP after an unrelated edit): the MQTT list stays.
     assert await reg.reload(config("HEY COMPUTER"))
     assert reg.keyword_set.displays() == ["GOOD NIGHT"]
@@ -177,10 +195,12 @@ async def test_pause_and_resume(compiler: KeywordCompiler, tmp_path: Path) -> No
     reg.load(config("HEY COMPUTER"))
     seen: list[RegistryState] = []
     reg.add_listener(seen.append)
-    assert (await reg.handle(cmd("pause", '{"reason": "tv"}'))).ok
+    assert reg.pause("tv") == PauseChange(paused=True, muted=True, version=1)
     assert reg.paused and reg.mute.muted
-    assert seen[-1].paused and json.loads(seen[-1].payload().to_json())["paused"] is True
-    assert (await reg.handle(cmd("resume", ""))).ok
+    assert seen[-1].paused
+    assert json.loads(KeywordsPayload.from_state(seen[-1]).to_json())["paused"] is True
+    reg.mute.add("hermes", "ttsSay")
+    assert reg.resume() == PauseChange(paused=False, muted=True, version=1)
     assert not reg.paused and not seen[-1].paused
     assert reg.version == 1, "pausing does not change the keyword list"
 
@@ -227,3 +247,71 @@ def test_config_keywords_reads_inline_and_file(tmp_path: Path) -> None:
     words.unlink()
     with pytest.raises(KeywordError, match="does not exist"):
         config_keywords(settings.keywords, settings.search)
+
+
+async def test_mqtt_commands_map_onto_the_registry(
+    compiler: KeywordCompiler, tmp_path: Path
+) -> None:
+    reg = registry(compiler, tmp_path)
+    reg.load(config("HEY COMPUTER"))
+    added = await command(reg, "keywords/add", '["GOOD NIGHT"]')
+    assert added == CommandResult(ok=True, keywords_version=2)
+    assert reg.keyword_set.displays() == ["HEY COMPUTER", "GOOD NIGHT"]
+    emptied = await command(reg, "keywords/set", "[]")
+    assert emptied.ok and emptied.keywords_version == 3
+    assert any("empty" in w for w in emptied.warnings)
+    bad = await command(reg, "keywords/set", '["ROOM 101"]')
+    assert (bad.ok, bad.keywords_version) == (False, 3)
+    assert bad.error is not None and "Nothing was changed" in bad.error
+    missing = await command(reg, "keywords/remove", '["OPEN SESAME"]')
+    assert not missing.ok and missing.error is not None and "OPEN SESAME" in missing.error
+    assert await command(reg, "pause", '{"reason": "tv"}') == CommandResult(
+        ok=True, keywords_version=3
+    )
+    assert reg.mute.reasons == {("pause", "tv")}
+    assert (await command(reg, "resume", '{"reason": "tv"}')).ok and not reg.mute.muted
+
+
+def test_config_digest_is_pinned_and_independent_of_the_mqtt_payload() -> None:
+    """A saved MQTT list is kept only while the digest matches: a digest that changed
+    between versions would silently drop every user's saved list on upgrade."""
+    cfg = ConfigKeywords(
+        (
+            KeywordSpec(phrase="HEY COMPUTER"),
+            KeywordSpec(
+                pieces=("▁", "L", "IGHT", "▁UP"),
+                boost=2.0,
+                threshold=0.25,
+                display="LIGHT_UP",
+                alternates=(("▁LI", "GHT", "▁UP"),),
+            ),
+            KeywordSpec(phrase="Café au lait", display="Café"),
+        ),
+        boost=1.5,
+    )
+    assert cfg.digest == "4685abb5b63fa4918995039372edb32f53ac81544825c50f892e36793c616b3f"
+    assert ConfigKeywords(()).digest == (
+        "e7b63ed0162bbe45e1b4f9b5c9841023e22ad55dc4d9e3568071d8c89b76b9f6"
+    )
+    assert canonical_spec(cfg.specs[1]) == {
+        "pieces": ["▁", "L", "IGHT", "▁UP"],
+        "boost": 2.0,
+        "threshold": 0.25,
+        "display": "LIGHT_UP",
+        "alternates": [["▁LI", "GHT", "▁UP"]],
+    }
+    # Every KeywordSpec field takes part: changing any one of them changes the digest.
+    variants = {
+        "phrase": "HEY COMPUTERS",
+        "pieces": ("▁HE", "Y"),
+        "boost": 3.0,
+        "threshold": 0.5,
+        "display": "HEY",
+        "alternates": (("▁HE", "Y"),),
+    }
+    assert set(variants) == set(KeywordSpec.model_fields)
+    for name, value in variants.items():
+        changed = ConfigKeywords(
+            (cfg.specs[0].model_copy(update={name: value}), *cfg.specs[1:]), boost=1.5
+        )
+        assert changed.digest != cfg.digest, name

@@ -22,9 +22,9 @@ from engine_support import espeak_wav
 from kwsd.backends.base import Backend
 from kwsd.backends.loader import load_backend
 from kwsd.errors import ConfigError
-from kwsd.integrations.mute import MuteState
 from kwsd.keywords import KeywordSet, KeywordSpec, Tokenizer, compile_keywords
 from kwsd.model.bundle import assets_bundle
+from kwsd.mute import MuteState
 from kwsd.search import SearchOptions
 from kwsd.wyoming.audio import AudioFormat, audio_chunk, audio_start, audio_stop
 from kwsd.wyoming.event import Event, EventReader, write_event

@@ -17,10 +17,11 @@ from typing import Any, Final
 import structlog
 
 from kwsd.detection import Detection
-from kwsd.integrations.mute import HERMES, MuteState
 from kwsd.keywords import KeywordSet
 from kwsd.mqtt.link import MqttLink
 from kwsd.mqtt.messages import InboundMessage
+from kwsd.mute import HERMES, MuteState
+from kwsd.registry import RegistryState
 
 log = structlog.get_logger("kwsd.hermes")
 
@@ -39,9 +40,10 @@ def wakeword_id(display: str) -> str:
 class HermesHotword:
     """Speaks Hermes hotword for one site on the daemon's MQTT link.
 
-    `set_keywords(keyword_set)` after every keyword change (for sensitivities),
-    `on_detection(det)` for every detection that passed mute and refractory.
-    `wakeword_ids` overrides the default id of a display name.
+    A daemon Output (kwsd/outputs.py) riding on the link the MQTT output runs:
+    `on_keywords` (or `set_keywords(keyword_set)`) after every keyword change, for
+    sensitivities; `on_detection(det)` for every detection that passed the detection
+    gate. `wakeword_ids` overrides the default id of a display name.
     """
 
     def __init__(
@@ -61,6 +63,15 @@ class HermesHotword:
         self._thresholds: dict[str, float] = {}
         link.subscribe(TOGGLE_OFF, self._on_toggle)
         link.subscribe(TOGGLE_ON, self._on_toggle)
+
+    async def start(self) -> None:
+        """Nothing to start: the link is run by the MQTT output."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    def on_keywords(self, state: RegistryState) -> None:
+        self.set_keywords(state.keyword_set)
 
     def set_keywords(self, keywords: KeywordSet) -> None:
         self._thresholds = {k.display: k.threshold for k in keywords.keywords}

@@ -30,11 +30,11 @@ import structlog
 
 from kwsd.config import HomeAssistantSettings
 from kwsd.detection import Detection
-from kwsd.integrations.mute import MuteState
 from kwsd.keywords import KeywordSet
 from kwsd.mqtt.link import MqttLink
 from kwsd.mqtt.messages import InboundMessage
-from kwsd.mqtt.payloads import DetectionPayload
+from kwsd.mute import MuteState
+from kwsd.registry import RegistryState
 
 log = structlog.get_logger("kwsd.homeassistant")
 
@@ -56,11 +56,13 @@ def _dumps(value: Mapping[str, Any]) -> bytes:
 class HomeAssistantDiscovery:
     """Publishes and maintains the discovery documents of one kwsd site.
 
-    Construct it once the link exists (it subscribes at once; messages flow when the
-    link runs), call `publish(keyword_set)` at start and after every keyword change,
-    and `on_detection(det)` for every detection that passed mute and refractory.
-    Pass the daemon's `mute` (whose pause the `cmd/pause|resume` handler sets) to get
-    the pause switch; without it only the event entity and triggers are announced.
+    A daemon Output (kwsd/outputs.py) riding on the MQTT link, which the MQTT output
+    runs: construct it once the link exists (it subscribes at once; messages flow when
+    the link runs). `on_keywords` (re)publishes discovery when the list changes (or
+    call `publish(keyword_set)`), and `on_detection(det)` fires the event for every
+    detection that passed the detection gate. Pass the daemon's `mute` (whose pause
+    the `cmd/pause|resume` handler sets) to get the pause switch; without it only the
+    event entity and triggers are announced.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class HomeAssistantDiscovery:
         self._pause_topic = f"{base}/cmd/pause"
         self._resume_topic = f"{base}/cmd/resume"
         self._displays: tuple[str, ...] | None = None  # None until the first publish
+        self._version: int | None = None  # keyword list version last published
         self._triggers: dict[str, str] = {}  # config topic -> display name
         self._retained_triggers: set[str] = set()  # our node's trigger configs on the broker
         link.subscribe(f"{self.prefix}/status", self._on_ha_status)
@@ -183,6 +186,20 @@ class HomeAssistantDiscovery:
             ids[display] = _TRIGGER_PREFIX + base
         return ids
 
+    # ---------------------------------------------------------------- Output
+
+    async def start(self) -> None:
+        """Nothing to start: the link is run by the MQTT output."""
+
+    async def close(self) -> None:
+        """Nothing to close: the discovery documents stay retained on purpose."""
+
+    def on_keywords(self, state: RegistryState) -> None:
+        # Pause and resume notify too; the pause switch follows `mute` on its own.
+        if state.version != self._version:
+            self._version = state.version
+            self.publish(state.keyword_set)
+
     # ------------------------------------------------------------ publishing
 
     def publish(self, keywords: KeywordSet | Iterable[str]) -> None:
@@ -232,10 +249,13 @@ class HomeAssistantDiscovery:
             self._retained_triggers.discard(topic)
             self._delete(topic)
 
-    def on_detection(self, det: Detection, payload: DetectionPayload | None = None) -> None:
-        """Fire the event entity and the keyword's device trigger (not retained)."""
-        if payload is None:
-            payload = DetectionPayload.from_detection(det, site=self.site, model=self.link.model)
+    def on_detection(self, det: Detection) -> None:
+        """Fire the event entity and the keyword's device trigger (not retained).
+
+        The document carries the same `id` and `time` as the `<base>/detection` message
+        for this detection, so the two can be matched.
+        """
+        payload = self.link.detection_payload(det)
         document = {"event_type": det.keyword, **payload.to_dict()}
         self.link.publish(self.event_topic, _dumps(document), retain=False)
 

@@ -9,45 +9,50 @@ Topics under the base topic `kwsd/<site_id>`:
 - `cmd/result`     JSON CommandReply for every command, also sent to the MQTT 5
                    response topic with the request's correlation data.
 
-Wiring: `MqttLink(MqttOptions.from_settings(settings.mqtt), site=..., model=...,
-handler=registry)`, run `link.run()` as a task, call `link.publish_detection(det)` and
-`link.publish_keywords(KeywordsPayload(...))` from the event loop; integrations use
-`link.subscribe(filter, callback)` and `link.publish(topic, payload, retain=...)`.
-Without a broker, `StdoutPublisher` prints the same detection JSON, one per line.
+Wiring: `link = MqttLink(MqttOptions.from_settings(settings.mqtt), site=..., model=...)`;
+`CommandChannel(link, RegistryCommands(registry))` serves the commands; the daemon
+output `MqttOutput(link)` runs the link and publishes detections and the keyword
+state. Integrations use `link.subscribe(filter, callback)` and `link.publish(topic,
+payload, retain=...)`. Without a broker, `StdoutPublisher` prints the same detection
+JSON, one per line.
 """
 
 from kwsd.mqtt.commands import (
     Command,
+    CommandChannel,
     CommandError,
     CommandHandler,
     CommandResult,
+    RegistryCommands,
     parse_command,
 )
 from kwsd.mqtt.link import LinkStatus, MessageCallback, MqttLink
 from kwsd.mqtt.messages import InboundMessage, OutMessage
 from kwsd.mqtt.options import MqttOptions, TlsOptions
 from kwsd.mqtt.outbox import Outbox
+from kwsd.mqtt.output import MqttOutput
 from kwsd.mqtt.payloads import CommandReply, DetectionPayload, KeywordsPayload
-from kwsd.mqtt.publisher import DetectionPublisher
 from kwsd.mqtt.stdout import StdoutPublisher
 from kwsd.mqtt.topics import Topics
 
 __all__ = [
     "Command",
+    "CommandChannel",
     "CommandError",
     "CommandHandler",
     "CommandReply",
     "CommandResult",
     "DetectionPayload",
-    "DetectionPublisher",
     "InboundMessage",
     "KeywordsPayload",
     "LinkStatus",
     "MessageCallback",
     "MqttLink",
     "MqttOptions",
+    "MqttOutput",
     "OutMessage",
     "Outbox",
+    "RegistryCommands",
     "StdoutPublisher",
     "TlsOptions",
     "Topics",

@@ -1,22 +1,39 @@
-"""Commands that arrive over MQTT: their parsed form, their result, and who handles them.
+"""MQTT commands: parsed from `<base>/cmd/...`, applied by a handler, answered with a reply.
 
-This module only checks the *shape* of a payload (size, encoding, JSON types). Whether a
-keyword is valid for the loaded model (unknown BPE piece, too short, ...) is the
-handler's call: it owns the vocabulary and the active list, and answers with a
-CommandResult instead of raising, so one bad command never disturbs the running set.
+Three layers, top to bottom:
+
+- `CommandChannel` sits on an MqttLink: it subscribes to the command topics, ignores
+  retained commands, parses, hands the Command to its handler and publishes the
+  CommandReply on `<base>/cmd/result` (and the MQTT 5 response topic).
+- `parse_command` only checks the *shape* of a payload (size, encoding, JSON types).
+- `RegistryCommands`, the daemon's handler, turns a Command into a call on the keyword
+  registry (kwsd/registry.py) and its typed result into a CommandResult. Whether a
+  keyword is valid for the loaded model (unknown BPE piece, too short, ...) is the
+  registry's call: it owns the vocabulary and the active list, and refuses instead of
+  raising, so one bad command never disturbs the running set.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
+import structlog
 from pydantic import ValidationError
 
 from kwsd.errors import KwsdError
 from kwsd.keywords.spec import KeywordSpec
-from kwsd.mqtt.topics import CommandName
+from kwsd.mqtt.messages import InboundMessage
+from kwsd.mqtt.payloads import CommandReply
+from kwsd.mqtt.topics import CommandName, topic_problem
+from kwsd.registry import ChangeResult, KeywordChange, KeywordRegistry, PauseChange
+
+if TYPE_CHECKING:
+    # The link's options import this module's size limit; the channel only needs the type.
+    from kwsd.mqtt.link import MqttLink
+
+log = structlog.get_logger("kwsd.mqtt")
 
 DEFAULT_MAX_COMMAND_BYTES: Final = 64 * 1024
 _VERBS: Final[dict[str, CommandName]] = {
@@ -64,13 +81,128 @@ class CommandResult:
 
 
 class CommandHandler(Protocol):
-    """The daemon side of the command channel (the keyword registry).
+    """What a CommandChannel hands commands to (the daemon's is RegistryCommands).
 
-    Must not raise for a bad keyword: return CommandResult(ok=False, error=...) and
-    keep the previous list. Blocking work (compiling keywords) belongs in a thread.
+    Should not raise for a bad keyword: return CommandResult(ok=False, error=...) and
+    keep the previous list (a raised KwsdError becomes such a reply; anything else is
+    an internal error). Blocking work (compiling keywords) belongs in a thread.
     """
 
     async def handle(self, command: Command) -> CommandResult: ...
+
+
+class RegistryCommands:
+    """MQTT commands as calls on the keyword registry; its results as replies."""
+
+    def __init__(self, registry: KeywordRegistry) -> None:
+        self.registry = registry
+
+    async def handle(self, command: Command) -> CommandResult:
+        registry = self.registry
+        specs = tuple(e for e in command.entries if isinstance(e, KeywordSpec))
+        match command.name:
+            case "pause":
+                return _pause_result(registry.pause(command.reason))
+            case "resume":
+                return _pause_result(registry.resume(command.reason))
+            case "set":
+                return _change_result(await registry.set(specs))
+            case "add":
+                return _change_result(await registry.add(specs))
+            case "remove":
+                return _change_result(await registry.remove(command.entries))
+
+
+def _pause_result(change: PauseChange) -> CommandResult:
+    return CommandResult(ok=True, keywords_version=change.version)
+
+
+def _change_result(result: ChangeResult) -> CommandResult:
+    if isinstance(result, KeywordChange):
+        return CommandResult(ok=True, keywords_version=result.version, warnings=result.warnings)
+    return CommandResult(ok=False, error=result.error, keywords_version=result.version)
+
+
+class CommandChannel:
+    """Serves `<base>/cmd/...` on `link`, handing each command to `handler`.
+
+    Commands are handled one at a time in arrival order (the link's dispatcher), and
+    every command gets exactly one reply, also when it cannot be parsed, the handler
+    refuses it, or the handler crashes. Without a handler every command is refused.
+    """
+
+    def __init__(self, link: MqttLink, handler: CommandHandler | None = None) -> None:
+        self.link = link
+        self.handler = handler
+        for topic_filter in link.topics.command_filters:
+            link.subscribe(topic_filter, self._on_command)
+
+    async def _on_command(self, message: InboundMessage) -> None:
+        topics = self.link.topics
+        verb = topics.command_verb(message.topic) or message.topic
+        if message.retain:
+            # A retained command would be re-applied after every reconnect.
+            log.warning(
+                "ignoring a retained MQTT command; clear it with "
+                f"`mosquitto_pub -r -n -t '{message.topic}'`",
+                topic=message.topic,
+            )
+            return
+        command_id: str | None = None
+        try:
+            command = parse_command(
+                verb, message.payload, max_bytes=self.link.options.max_command_bytes
+            )
+            command_id = command.id
+            result = await self._handle(command)
+        except CommandError as exc:
+            command_id = exc.command_id
+            result = CommandResult(ok=False, error=str(exc))
+        reply = CommandReply(
+            command=verb,
+            ok=result.ok,
+            error=result.error,
+            keywords_version=(
+                result.keywords_version
+                if result.keywords_version is not None
+                else self.link.keywords_version
+            ),
+            id=command_id,
+            warnings=result.warnings,
+        )
+        if reply.ok:
+            log.info(
+                "MQTT command done", command=verb, id=command_id, version=reply.keywords_version
+            )
+        else:
+            log.warning("MQTT command refused", command=verb, id=command_id, error=reply.error)
+        self._reply(reply, message)
+
+    async def _handle(self, command: Command) -> CommandResult:
+        if self.handler is None:
+            return CommandResult(ok=False, error="this kwsd instance does not accept commands")
+        try:
+            return await self.handler.handle(command)
+        except KwsdError as exc:
+            return CommandResult(ok=False, error=str(exc))
+        except Exception as exc:
+            log.exception("MQTT command handler crashed", command=command.name)
+            return CommandResult(
+                ok=False,
+                error=f"internal error ({type(exc).__name__}: {exc}); nothing was changed",
+            )
+
+    def _reply(self, reply: CommandReply, request: InboundMessage) -> None:
+        data = reply.to_json()
+        link = self.link
+        link.publish(link.topics.command_result, data)
+        target = request.response_topic
+        if target is None:
+            return
+        if topic_problem(target) is not None or link.topics.is_command_topic(target):
+            log.warning("MQTT command: unusable response topic ignored", response_topic=target)
+            return
+        link.publish(target, data, correlation_data=request.correlation_data)
 
 
 def command_name(verb: str) -> CommandName:

@@ -1,10 +1,14 @@
-"""The daemon's one MQTT connection: publishes, listens for commands, survives outages.
+"""The daemon's one MQTT connection: publishes, delivers subscriptions, survives outages.
 
 Spotting must never wait for the network, so every publish is a non-blocking put into
 the Outbox and a single task (`run`) owns the connection: it connects, (re)subscribes,
 re-publishes the retained state, drains the outbox, and on any failure reconnects with
 backoff while the outbox keeps filling. Incoming messages are handled one at a time by
 a dispatcher that outlives connections, so a command reply is never lost to a reconnect.
+
+The link is transport only. What the messages mean lives on top of it: commands in
+kwsd/mqtt/commands.py, the detection output in kwsd/mqtt/output.py, and the Home
+Assistant, Hermes and mute-topic integrations in kwsd/integrations/.
 """
 
 from __future__ import annotations
@@ -26,19 +30,11 @@ from paho.mqtt.properties import Properties
 
 from kwsd.backoff import Backoff
 from kwsd.detection import Detection
-from kwsd.errors import KwsdError
-from kwsd.mqtt.commands import (
-    Command,
-    CommandError,
-    CommandHandler,
-    CommandResult,
-    parse_command,
-)
 from kwsd.mqtt.diagnose import explain_connect_error, explain_connection_lost
 from kwsd.mqtt.messages import InboundMessage, OutMessage
 from kwsd.mqtt.options import MqttOptions
 from kwsd.mqtt.outbox import Outbox, Ticket
-from kwsd.mqtt.payloads import CommandReply, DetectionPayload, KeywordsPayload
+from kwsd.mqtt.payloads import DetectionPayload, KeywordsPayload
 from kwsd.mqtt.topics import Topics, topic_problem
 
 log = structlog.get_logger("kwsd.mqtt")
@@ -89,7 +85,7 @@ class _SessionEndedError(Exception):
 
 
 class MqttLink:
-    """Publishes detections and state to MQTT and serves commands.
+    """Publishes detections and state to MQTT and delivers subscribed messages.
 
     Call the publish methods and `subscribe` from the event loop thread; they never
     block and work whether or not the broker is reachable. Run `run()` as a task;
@@ -97,19 +93,11 @@ class MqttLink:
     `offline` and disconnects cleanly.
     """
 
-    def __init__(
-        self,
-        options: MqttOptions,
-        *,
-        site: str,
-        model: str,
-        handler: CommandHandler | None = None,
-    ) -> None:
+    def __init__(self, options: MqttOptions, *, site: str, model: str) -> None:
         self.options = options
         self.topics = Topics.for_base(options.base_topic)
         self.site = site
         self.model = model
-        self.handler = handler
         # Built now so a bad CA/cert file is a ConfigError at start, not a retry loop.
         self._ssl = options.tls.ssl_context() if options.tls.enabled else None
         if options.tls.enabled and options.tls.insecure:
@@ -130,8 +118,7 @@ class MqttLink:
         self._last_error: str | None = None
         self._connects = 0
         self._keywords_version: int | str | None = None
-        for topic_filter in self.topics.command_filters:
-            self._subscriptions[topic_filter] = [self._on_command]
+        self._last_detection: tuple[Detection, DetectionPayload] | None = None
         # First state topic, so it is the first message after every (re)connect.
         self._outbox.set_state(OutMessage(self.topics.status, ONLINE, 1, True))
 
@@ -153,6 +140,11 @@ class MqttLink:
             connects=self._connects,
         )
 
+    @property
+    def keywords_version(self) -> int | str | None:
+        """The version of the keyword list last published (None before the first)."""
+        return self._keywords_version
+
     async def wait_connected(self) -> None:
         await self._connected.wait()
 
@@ -166,8 +158,23 @@ class MqttLink:
         self, det: Detection, *, when: datetime | None = None
     ) -> DetectionPayload:
         payload = DetectionPayload.from_detection(det, site=self.site, model=self.model, when=when)
+        self._last_detection = (det, payload)
         self._put(OutMessage(self.topics.detection, payload.to_json(), self.options.qos, False))
         return payload
+
+    def detection_payload(self, det: Detection) -> DetectionPayload:
+        """The payload just published for `det`, or a new one if it was not published.
+
+        Outputs on this link (the detection topic, the Home Assistant event) each get
+        the detection on their own; asking here gives them one `id` and `time`, so a
+        consumer can tell that the HA event and the detection message are one event.
+        The daemon hands a detection to every output in one go, the MQTT output first,
+        so remembering the last one is enough.
+        """
+        last = self._last_detection
+        if last is not None and last[0] is det:
+            return last[1]
+        return DetectionPayload.from_detection(det, site=self.site, model=self.model)
 
     def publish_keywords(self, state: KeywordsPayload) -> None:
         """Make `state` the retained keyword list (re-sent on every reconnect)."""
@@ -175,19 +182,28 @@ class MqttLink:
         self._outbox.set_state(OutMessage(self.topics.keywords, state.to_json(), 1, True))
 
     def publish(
-        self, topic: str, payload: bytes | str, *, qos: int | None = None, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int | None = None,
+        retain: bool = False,
+        correlation_data: bytes | None = None,
     ) -> None:
         """Publish through the link's connection and outbox.
 
         A retained message is treated as state: only its latest payload is kept and it
         is re-published after every reconnect (discovery configs, availability). Other
-        messages are events, queued in order with the detections.
+        messages are events, queued in order with the detections. `correlation_data`
+        goes out as the MQTT 5 property (a reply to a request that carried it).
         """
         problem = topic_problem(topic)
         if problem is not None:
             raise ValueError(f"cannot publish to {topic!r}: {problem}")
         data = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
-        message = OutMessage(topic, data, self.options.qos if qos is None else qos, retain)
+        message = OutMessage(
+            topic, data, self.options.qos if qos is None else qos, retain, correlation_data
+        )
         if retain:
             self._outbox.set_state(message)
         else:
@@ -477,70 +493,6 @@ class MqttLink:
                         await callback(message)
                     except Exception:
                         log.exception("MQTT message handler failed", topic=message.topic)
-
-    async def _on_command(self, message: InboundMessage) -> None:
-        verb = self.topics.command_verb(message.topic) or message.topic
-        if message.retain:
-            # A retained command would be re-applied after every reconnect.
-            log.warning(
-                "ignoring a retained MQTT command; clear it with "
-                f"`mosquitto_pub -r -n -t '{message.topic}'`",
-                topic=message.topic,
-            )
-            return
-        command_id: str | None = None
-        try:
-            command = parse_command(verb, message.payload, max_bytes=self.options.max_command_bytes)
-            command_id = command.id
-            result = await self._handle(command)
-        except CommandError as exc:
-            command_id = exc.command_id
-            result = CommandResult(ok=False, error=str(exc))
-        reply = CommandReply(
-            command=verb,
-            ok=result.ok,
-            error=result.error,
-            keywords_version=(
-                result.keywords_version
-                if result.keywords_version is not None
-                else self._keywords_version
-            ),
-            id=command_id,
-            warnings=result.warnings,
-        )
-        if reply.ok:
-            log.info(
-                "MQTT command done", command=verb, id=command_id, version=reply.keywords_version
-            )
-        else:
-            log.warning("MQTT command refused", command=verb, id=command_id, error=reply.error)
-        self._reply(reply, message)
-
-    async def _handle(self, command: Command) -> CommandResult:
-        if self.handler is None:
-            return CommandResult(ok=False, error="this kwsd instance does not accept commands")
-        try:
-            return await self.handler.handle(command)
-        except KwsdError as exc:
-            return CommandResult(ok=False, error=str(exc))
-        except Exception as exc:
-            log.exception("MQTT command handler crashed", command=command.name)
-            return CommandResult(
-                ok=False,
-                error=f"internal error ({type(exc).__name__}: {exc}); nothing was changed",
-            )
-
-    def _reply(self, reply: CommandReply, request: InboundMessage) -> None:
-        data = reply.to_json()
-        qos = self.options.qos
-        self._put(OutMessage(self.topics.command_result, data, qos, False))
-        target = request.response_topic
-        if target is None:
-            return
-        if topic_problem(target) is not None or self.topics.is_command_topic(target):
-            log.warning("MQTT command: unusable response topic ignored", response_topic=target)
-            return
-        self._put(OutMessage(target, data, qos, False, request.correlation_data))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def guarded() -> None:

@@ -11,10 +11,13 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kwsd.detection import Detection
 from kwsd.keywords.spec import KeywordSpec
+
+if TYPE_CHECKING:
+    from kwsd.registry import RegistryState
 
 
 def _loads_object(data: bytes | str, what: str) -> dict[str, Any]:
@@ -125,6 +128,15 @@ class KeywordsPayload:
     keywords: tuple[KeywordSpec, ...]
     paused: bool = False
     warnings: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_state(cls, state: RegistryState) -> KeywordsPayload:
+        return cls(
+            version=state.version,
+            keywords=state.specs,
+            paused=state.paused,
+            warnings=state.keyword_set.warnings,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

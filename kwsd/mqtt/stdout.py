@@ -2,7 +2,8 @@
 
 Same fields as the MQTT detection payload, so a script can switch between
 `kwsd run | jq` and an MQTT subscription without changing its parsing. Writes happen
-in a worker thread: a stalled pipe reader must not freeze the event loop.
+in a worker thread: a stalled pipe reader must not freeze the event loop. As a daemon
+Output (kwsd/outputs.py), `start` runs the writer and `close` writes what is left.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import structlog
 
 from kwsd.detection import Detection
 from kwsd.mqtt.payloads import DetectionPayload
+from kwsd.registry import RegistryState
 
 log = structlog.get_logger("kwsd.stdout")
 _DEFAULT_MAX_QUEUED: Final = 1000
@@ -39,6 +41,7 @@ class StdoutPublisher:
         self._max_queued = max_queued
         self._ready = asyncio.Event()
         self._writing: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.written = 0
 
@@ -61,6 +64,26 @@ class StdoutPublisher:
         self._lines.append(payload.to_json().decode("utf-8") + "\n")
         self._ready.set()
         return payload
+
+    # ------------------------------------------------------------ Output
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="kwsd-stdout")
+        log.info("no MQTT broker configured (mqtt.host): detections go to stdout")
+
+    def on_detection(self, det: Detection) -> None:
+        self.publish_detection(det)
+
+    def on_keywords(self, state: RegistryState) -> None:
+        """The keyword list is not printed: stdout carries detections only."""
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()  # run() writes the lines still queued before it ends
+            await asyncio.gather(task, return_exceptions=True)
+
+    # ------------------------------------------------------------ writing
 
     async def run(self) -> None:
         """Write queued lines until cancelled; on cancellation write what is left."""

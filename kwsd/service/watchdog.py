@@ -12,7 +12,7 @@ import asyncio
 
 import structlog
 
-from kwsd.service.heartbeat import Heartbeat
+from kwsd.heartbeat import Heartbeat
 from kwsd.service.notify import Notifier
 
 log = structlog.get_logger(__name__)

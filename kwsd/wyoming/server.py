@@ -26,9 +26,9 @@ from kwsd.backends.base import Backend, FloatArray
 from kwsd.detection import Detection
 from kwsd.engine import Spotter
 from kwsd.errors import ConfigError
-from kwsd.integrations.mute import MuteState
-from kwsd.integrations.refractory import Refractory
+from kwsd.gate import DetectionGate, Verdict
 from kwsd.keywords import Keyword, KeywordSet
+from kwsd.mute import MuteState
 from kwsd.search import SearchOptions
 from kwsd.wyoming.audio import AUDIO_CHUNK, AUDIO_START, AUDIO_STOP, AudioFormat, PcmConverter
 from kwsd.wyoming.event import (
@@ -223,11 +223,11 @@ class WyomingServer:
 
 @dataclasses.dataclass
 class _Stream:
-    """One audio-start..audio-stop: its own spotter, converter and refractory filter."""
+    """One audio-start..audio-stop: its own spotter, converter and detection gate."""
 
     spotter: StreamSpotter
     converter: PcmConverter
-    refractory: Refractory
+    gate: DetectionGate  # the server's shared mute, this stream's refractory history
     start_ms: int  # the client's timestamp of audio-start (0 when it sent none)
     detections: int = 0
 
@@ -313,7 +313,7 @@ class _Session:
         return _Stream(
             spotter=self.server.spotter_factory(self._keyword_set()),
             converter=PcmConverter(fmt),
-            refractory=Refractory(self.server.refractory_seconds),
+            gate=DetectionGate(self.server.mute, self.server.refractory_seconds),
             start_ms=start_ms,
         )
 
@@ -348,11 +348,11 @@ class _Session:
         if not len(samples) and not final:
             return
         for det in await asyncio.to_thread(work):
-            if not stream.refractory.allow(det):
-                continue
-            mute = self.server.mute
-            if mute is not None and mute.muted:
+            verdict = stream.gate.check(det)
+            if verdict is Verdict.MUTED:
                 self.log.info("Wyoming detection muted", keyword=det.keyword)
+                continue
+            if verdict is Verdict.REPEAT:
                 continue
             stream.detections += 1
             stamp = stream.start_ms + round(det.end * 1000)

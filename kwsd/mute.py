@@ -6,6 +6,9 @@ per reason, e.g. `ttsSay` and `playAudio` overlapping), and a media player throu
 `mute.mute_while_topic`. Each reason is released on its own, so the end of TTS does
 not unmute while music is still playing. A reason is a (source, name) pair so that a
 Hermes reason never cancels an MQTT pause of the same name.
+
+Plain state with listeners, no I/O: the detection gate (kwsd/gate.py) reads it, and
+the integrations that set it (kwsd/integrations/) bring their own transport.
 """
 
 from __future__ import annotations
@@ -15,25 +18,14 @@ from typing import Final
 
 import structlog
 
-from kwsd.mqtt.link import MqttLink
-from kwsd.mqtt.messages import InboundMessage
-
 log = structlog.get_logger("kwsd.mute")
 
-PAUSE: Final = "pause"  # source of MQTT/Home Assistant pause commands
+PAUSE: Final = "pause"  # source of pause commands (MQTT, Home Assistant, the registry API)
 HERMES: Final = "hermes"
 TOPIC: Final = "topic"
 
 Reason = tuple[str, str]
 MuteListener = Callable[["MuteState"], None]
-
-_TRUTHY: Final = frozenset({"on", "true", "1", "yes", "playing", "muted", "active"})
-
-
-def is_truthy(payload: bytes | str) -> bool:
-    """A topic payload that means "mute now": ON/true/1/yes/playing (case-insensitive)."""
-    text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
-    return text.strip().strip('"').lower() in _TRUTHY
 
 
 class MuteState:
@@ -105,22 +97,3 @@ class MuteState:
                 listener(self)
             except Exception:
                 log.exception("mute listener failed")
-
-
-class MuteWhileTopic:
-    """Mute while the last payload on an MQTT topic is truthy (`mute.mute_while_topic`).
-
-    Subscribing delivers the retained value at once, so a media player that is already
-    playing when kwsd starts mutes it straight away.
-    """
-
-    def __init__(self, link: MqttLink, topic: str, mute: MuteState) -> None:
-        self.topic = topic
-        self.mute = mute
-        link.subscribe(topic, self._on_message)
-
-    async def _on_message(self, message: InboundMessage) -> None:
-        if is_truthy(message.payload):
-            self.mute.add(TOPIC, message.topic)
-        else:
-            self.mute.remove(TOPIC, message.topic)

@@ -4,7 +4,8 @@ The search resets after a match, so a long or repeated utterance ("hey computer.
 computer") can match again a few frames later; automations that toggle a light would
 then toggle it twice. Times are the detection's own stream seconds, so the filter is
 exact and independent of how fast audio is decoded (a file decoded faster than real
-time behaves like the microphone).
+time behaves like the microphone). The detection gate (kwsd/gate.py) applies it after
+mute, so only published detections start a period.
 """
 
 from __future__ import annotations
