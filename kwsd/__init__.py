@@ -1,3 +1,79 @@
-"""kwsd: an open-vocabulary keyword-spotting daemon for home automation."""
+"""kwsd: an open-vocabulary keyword-spotting daemon for home automation, and a library.
+
+    from kwsd import KeywordSpotter
+
+    spotter = KeywordSpotter.installed(keywords=["hey computer", "lights off"])
+    stream = spotter.create_stream(sample_rate=48000)
+    for det in stream.accept(samples):      # int16 or float32 numpy array, any size
+        print(det.keyword, det.start, det.score)
+
+See `kwsd.spotter` for the whole API. The names below load on first use, so that
+`import kwsd` (and every `kwsd` command) stays fast: the model stack (numpy, ONNX
+Runtime, SentencePiece) is imported only by code that decodes audio.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from kwsd.errors import (
+    AudioError,
+    ConfigError,
+    KeywordError,
+    KwsdError,
+    ModelError,
+    ModelMissingError,
+    NetworkError,
+)
+
+if TYPE_CHECKING:
+    from kwsd.detection import Detection
+    from kwsd.engine import KeywordStream
+    from kwsd.keywords.compile import KeywordSet
+    from kwsd.keywords.spec import KeywordSpec
+    from kwsd.search.beam import SearchOptions
+    from kwsd.spotter import BackendOptions, KeywordSpotter
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "KeywordSpotter": "kwsd.spotter",
+    "BackendOptions": "kwsd.spotter",
+    "KeywordStream": "kwsd.engine",
+    "SearchOptions": "kwsd.search.beam",
+    "Detection": "kwsd.detection",
+    "KeywordSpec": "kwsd.keywords.spec",
+    "KeywordSet": "kwsd.keywords.compile",
+}
+
+__all__ = [
+    "AudioError",
+    "BackendOptions",
+    "ConfigError",
+    "Detection",
+    "KeywordError",
+    "KeywordSet",
+    "KeywordSpec",
+    "KeywordSpotter",
+    "KeywordStream",
+    "KwsdError",
+    "ModelError",
+    "ModelMissingError",
+    "NetworkError",
+    "SearchOptions",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kwsd' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -32,7 +32,6 @@ from kwsd.audio.base import AudioSource
 from kwsd.backends.base import Backend
 from kwsd.config import Settings
 from kwsd.detection import Detection
-from kwsd.engine import Frontend
 from kwsd.errors import KwsdError, ModelMissingError
 from kwsd.health import HealthServer, LinkState, audio_check, health_source, mqtt_check
 from kwsd.integrations.hermes import HermesHotword
@@ -40,7 +39,6 @@ from kwsd.integrations.homeassistant import HomeAssistantDiscovery
 from kwsd.integrations.mute import MuteState, MuteWhileTopic
 from kwsd.log import configure_logging
 from kwsd.metrics import Metrics
-from kwsd.model.loaded import LoadedModel, load_model
 from kwsd.mqtt import MqttLink, MqttOptions, StdoutPublisher
 from kwsd.pipeline import Pipeline
 from kwsd.registry import (
@@ -50,8 +48,8 @@ from kwsd.registry import (
     RegistryState,
     config_keywords,
 )
-from kwsd.search import KeywordSearch, SearchOptions
 from kwsd.service import Heartbeat, Notifier, ServiceLifecycle, report_missing_model
+from kwsd.spotter import KeywordSpotter
 from kwsd.wyoming.server import WyomingServer
 
 log = structlog.get_logger("kwsd.daemon")
@@ -69,14 +67,6 @@ _LIVE_SETTINGS: Final = frozenset(
 
 SettingsLoader = Callable[[], Settings]
 BackendWrapper = Callable[[Backend], Backend]
-
-
-def search_options(settings: Settings) -> SearchOptions:
-    return SearchOptions(
-        beam=settings.search.beam,
-        num_trailing_blanks=settings.search.num_trailing_blanks,
-        auto_reset_seconds=settings.search.auto_reset_seconds,
-    )
 
 
 class Daemon:
@@ -115,7 +105,7 @@ class Daemon:
         self.discovery: HomeAssistantDiscovery | None = None
         self.hermes: HermesHotword | None = None
         self.wyoming: WyomingServer | None = None
-        self.model: LoadedModel | None = None
+        self.spotter: KeywordSpotter | None = None
         self.started = asyncio.Event()  # model loaded, tasks running
         self.reloads = 0  # reloads attempted (SIGHUP or file edits), for tests and logs
         self._stop = asyncio.Event()
@@ -158,15 +148,17 @@ class Daemon:
     async def _run(self) -> int:
         settings = self.settings
         try:
-            model = await asyncio.to_thread(load_model, settings)
+            spotter = await asyncio.to_thread(
+                KeywordSpotter.from_config, settings.model, settings.search, assets=settings.assets
+            )
         except ModelMissingError as exc:
             return report_missing_model(exc, self.notifier)
-        self.model = model
-        backend = model.backend
         if self._backend_wrapper is not None:
-            backend = self._backend_wrapper(backend)
+            spotter = spotter.with_backend(self._backend_wrapper(spotter.backend))
+        self.spotter = spotter
+        backend = spotter.backend
         registry = KeywordRegistry(
-            KeywordCompiler(model.tokenizer, backend.defaults),
+            KeywordCompiler(spotter.tokenizer, backend.defaults),
             Path(settings.data_dir) / STATE_FILE_NAME,
             self.mute,
         )
@@ -183,10 +175,10 @@ class Daemon:
                 "(cmd/keywords/set)"
             )
         source = await asyncio.to_thread(open_source, settings.audio)
-        search = KeywordSearch(backend, registry.keyword_set, search_options(settings))
+        stream = spotter.create_stream(registry.keyword_set)
         pipeline = Pipeline(
-            Frontend(backend),
-            search,
+            stream.frontend,
+            stream.search,
             heartbeat=self.heartbeat,
             metrics=self.metrics,
             refractory_seconds=settings.search.refractory_seconds,
@@ -194,13 +186,13 @@ class Daemon:
         self.pipeline = pipeline
         self._engine_version = registry.version
         self.metrics.watch_heartbeat(self.heartbeat)
-        self.metrics.set_build_info(backend=backend.name, model=model.label)
-        self._build_outputs(settings, model, backend)
+        self.metrics.set_build_info(backend=backend.name, model=spotter.label)
+        self._build_outputs(settings, spotter)
         self.mute.add_listener(lambda mute: setattr(pipeline, "muted", mute.muted))
         registry.add_listener(self._keywords_changed)
         return await self._serve(source, pipeline)
 
-    def _build_outputs(self, settings: Settings, model: LoadedModel, backend: Backend) -> None:
+    def _build_outputs(self, settings: Settings, spotter: KeywordSpotter) -> None:
         if settings.mqtt.host:
             options = MqttOptions.from_settings(settings.mqtt)
             # Leave room in the 2 s stop budget for draining the pipeline first.
@@ -211,7 +203,7 @@ class Daemon:
                 ),
             )
             self.link = MqttLink(
-                options, site=settings.site_id, model=model.label, handler=self.registry
+                options, site=settings.site_id, model=spotter.label, handler=self.registry
             )
             if settings.mute.mute_while_topic:
                 MuteWhileTopic(self.link, settings.mute.mute_while_topic, self.mute)
@@ -221,21 +213,20 @@ class Daemon:
                 )
             if settings.hermes.enabled:
                 self.hermes = HermesHotword(
-                    self.link, settings.hermes.site_id, self.mute, model_version=model.label
+                    self.link, settings.hermes.site_id, self.mute, model_version=spotter.label
                 )
             log.info("detections go to MQTT", broker=options.address, base_topic=options.base_topic)
         else:
             self.stdout_publisher = StdoutPublisher(
-                site=settings.site_id, model=model.label, stream=self._stdout
+                site=settings.site_id, model=spotter.label, stream=self._stdout
             )
             log.info("no MQTT broker configured (mqtt.host): detections go to stdout")
         if settings.wyoming.enabled:
             registry = self.registry
             assert registry is not None
-            self.wyoming = WyomingServer.for_backend(
-                backend,
+            self.wyoming = WyomingServer(
+                spotter,
                 lambda: registry.keyword_set,
-                search_options(settings),
                 version=__version__,
                 refractory_seconds=settings.search.refractory_seconds,
                 mute=self.mute,
@@ -546,4 +537,4 @@ async def run_daemon(settings: Settings, **options: Any) -> int:
     return await Daemon(settings, **options).run()
 
 
-__all__ = ["Daemon", "run_daemon", "search_options"]
+__all__ = ["Daemon", "run_daemon"]
