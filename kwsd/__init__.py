@@ -14,22 +14,24 @@ Runtime, SentencePiece) is imported only by code that decodes audio.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from importlib import import_module  # loaded by Python's start-up anyway
 
-from kwsd.errors import (
-    AudioError,
-    ConfigError,
-    KeywordError,
-    KwsdError,
-    ModelError,
-    ModelMissingError,
-    NetworkError,
-)
-
+# `typing` itself costs more than the rest of this file; type checkers read this as True.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from kwsd.detection import Detection
     from kwsd.engine import KeywordStream
+    from kwsd.errors import (
+        AudioError,
+        ConfigError,
+        KeywordError,
+        KwsdError,
+        ModelError,
+        ModelMissingError,
+        NetworkError,
+    )
     from kwsd.keywords.compile import KeywordSet
     from kwsd.keywords.spec import KeywordSpec
     from kwsd.search.beam import SearchOptions
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+_ERRORS = "kwsd.errors"
 _LAZY = {
     "KeywordSpotter": "kwsd.spotter",
     "BackendOptions": "kwsd.spotter",
@@ -45,6 +48,13 @@ _LAZY = {
     "Detection": "kwsd.detection",
     "KeywordSpec": "kwsd.keywords.spec",
     "KeywordSet": "kwsd.keywords.compile",
+    "KwsdError": _ERRORS,
+    "ConfigError": _ERRORS,
+    "ModelError": _ERRORS,
+    "ModelMissingError": _ERRORS,
+    "KeywordError": _ERRORS,
+    "AudioError": _ERRORS,
+    "NetworkError": _ERRORS,
 }
 
 __all__ = [
@@ -70,7 +80,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'kwsd' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(import_module(module), name)
     globals()[name] = value  # later lookups skip this function
     return value
 

@@ -192,7 +192,7 @@ class Daemon:
         registry.add_listener(self._keywords_changed)
         return await self._serve(source, pipeline)
 
-    def _build_outputs(self, settings: Settings, spotter: KeywordSpotter) -> None:
+    def _build_outputs(self, settings: Settings, model: KeywordSpotter) -> None:
         if settings.mqtt.host:
             options = MqttOptions.from_settings(settings.mqtt)
             # Leave room in the 2 s stop budget for draining the pipeline first.
@@ -203,7 +203,7 @@ class Daemon:
                 ),
             )
             self.link = MqttLink(
-                options, site=settings.site_id, model=spotter.label, handler=self.registry
+                options, site=settings.site_id, model=model.label, handler=self.registry
             )
             if settings.mute.mute_while_topic:
                 MuteWhileTopic(self.link, settings.mute.mute_while_topic, self.mute)
@@ -213,19 +213,19 @@ class Daemon:
                 )
             if settings.hermes.enabled:
                 self.hermes = HermesHotword(
-                    self.link, settings.hermes.site_id, self.mute, model_version=spotter.label
+                    self.link, settings.hermes.site_id, self.mute, model_version=model.label
                 )
             log.info("detections go to MQTT", broker=options.address, base_topic=options.base_topic)
         else:
             self.stdout_publisher = StdoutPublisher(
-                site=settings.site_id, model=spotter.label, stream=self._stdout
+                site=settings.site_id, model=model.label, stream=self._stdout
             )
             log.info("no MQTT broker configured (mqtt.host): detections go to stdout")
         if settings.wyoming.enabled:
             registry = self.registry
             assert registry is not None
             self.wyoming = WyomingServer(
-                spotter,
+                model,
                 lambda: registry.keyword_set,
                 version=__version__,
                 refractory_seconds=settings.search.refractory_seconds,

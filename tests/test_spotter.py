@@ -9,6 +9,7 @@ before the API existed: a backend, a `Frontend` and a `KeywordSearch` per stream
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import threading
@@ -259,7 +260,7 @@ def test_bad_samples_are_rejected_with_the_fix(
 def test_unscaled_float_audio_warns_once(spotter: KeywordSpotter) -> None:
     stream = spotter.create_stream()
     loud = np.full(1600, 12000.0, np.float32)
-    with pytest.warns(UserWarning, match="divide 16-bit values by 32768"):
+    with pytest.warns(UserWarning, match=r"outside \[-1, 1\].*divide 16-bit values by 32768"):
         stream.accept(loud)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -403,6 +404,22 @@ def test_import_kwsd_stays_light() -> None:
         "assert 'numpy' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_embedding_program_keeps_its_stdout(assets: Path) -> None:
+    """kwsd logs like a library: through `logging`, warnings on stderr, info only on request."""
+    code = (
+        "from kwsd import KeywordSpotter\n"
+        "KeywordSpotter.from_assets(keywords=['hey computer'])\n"
+        "print('my output')\n"
+    )
+    env = {**os.environ, "KWSD_ASSETS": str(assets)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert proc.stdout == "my output\n"
+    assert "event='stand_in_encoder'" in proc.stderr  # a warning: shown
+    assert "model_loaded" not in proc.stderr  # info: quiet unless logging asks for it
 
 
 def test_public_names() -> None:
