@@ -13,11 +13,11 @@
 
 `KeywordSpotter` loads the model once; its streams share the model and its decoder
 outputs, and streams with equal keyword lists share the compiled keyword graph, while
-every stream keeps its own audio state. The decoding is plain synchronous code: call `stream.accept` from a
-worker thread (`asyncio.to_thread`) when an event loop must stay responsive, as the
-Wyoming server and the daemon do. Everything a user can get wrong (a missing model, a
-keyword the vocabulary cannot spell, an unreadable file) raises a `kwsd.KwsdError`
-subclass whose message says what to do.
+every stream keeps its own audio state. The decoding is plain synchronous code: call
+`stream.accept` from a worker thread (`asyncio.to_thread`) when an event loop must stay
+responsive, as the Wyoming server and the daemon do. Everything a user can get wrong
+(a missing model, a keyword the vocabulary cannot spell, an unreadable file) raises a
+`kwsd.KwsdError` subclass whose message says what to do.
 """
 
 from __future__ import annotations
