@@ -79,6 +79,24 @@ class FifoCaptureDevices:
         thread.start()
         return thread
 
+    def feed_silence_until(self, name: str, rate: int, done: threading.Event) -> threading.Thread:
+        """Mono float32 silence at real-time pace, as an idle microphone delivers it.
+
+        `feed_zeros_until` floods the FIFO; a program that drops its oldest audio when
+        the decoder falls behind (as a live input should) would lose the speech before
+        the silence then.
+        """
+        step = 0.05
+        zeros = bytes(4 * int(rate * step))
+
+        def feed() -> None:
+            while not done.wait(step):
+                os.write(self.fds[name], zeros)
+
+        thread = threading.Thread(target=feed, daemon=True)
+        thread.start()
+        return thread
+
     def close(self) -> None:
         for fd in self.fds.values():
             os.close(fd)

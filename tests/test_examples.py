@@ -134,7 +134,7 @@ def test_microphone_asyncio(assets: Path, speech: Path, microphone: FifoCaptureD
         first = proc.stdout.readline().strip()
         assert first == "recording from kwsd_mic at 44100 Hz"
         microphone.write("kwsd_mic", np.concatenate([at44k, np.zeros(44100, np.float32)]))
-        feeder = microphone.feed_zeros_until(done)  # then the silence of an empty room
+        feeder = microphone.feed_silence_until("kwsd_mic", 44100, done)  # an idle room
         lines = finish_example(proc)
     finally:
         done.set()
