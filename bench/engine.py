@@ -32,14 +32,15 @@ from common import (
     write_section,
 )
 
+from kwsd import BackendOptions, KeywordSet, KeywordSpec, KeywordSpotter, SearchOptions
 from kwsd.backends.base import Backend
 from kwsd.backends.onnx import OnnxBackend
 from kwsd.backends.replay import read_frames
-from kwsd.engine import Frontend, Spotter
+from kwsd.engine import Frontend
 from kwsd.features import Chunker, FbankStream
-from kwsd.keywords import KeywordSet, KeywordSpec, Tokenizer, compile_keywords
-from kwsd.model.bundle import ModelBundle, assets_bundle
-from kwsd.search import KeywordSearch, SearchOptions
+from kwsd.keywords import compile_keywords
+from kwsd.model.bundle import ModelBundle
+from kwsd.search import KeywordSearch
 
 ESPEAK_SENTENCES = (
     "good evening everyone, hey computer, turn on the lights in the living room please",
@@ -56,30 +57,34 @@ TARGET_SEARCH_MS = 0.5
 @dataclass(frozen=True, slots=True)
 class Setup:
     assets: Path
-    bundle: ModelBundle
-    tokenizer: Tokenizer
-    standin: OnnxBackend
-    synthetic: OnnxBackend
+    standin: KeywordSpotter  # stand-in encoder with the real decoder/joiner
+    synthetic: KeywordSpotter  # the same, with the synthetic zipformer2-signature encoder
     phrases: list[str]
     speech: FloatArray  # real corpus speech
     espeak: FloatArray
 
+    @property
+    def bundle(self) -> ModelBundle:
+        assert self.standin.bundle is not None
+        return self.standin.bundle
+
 
 def keyword_set(setup: Setup, count: int) -> KeywordSet:
-    specs = [KeywordSpec(phrase=p) for p in setup.phrases[:count]]
-    return compile_keywords(specs, setup.tokenizer, setup.standin.defaults)
+    return setup.standin.compile(setup.phrases[:count])
 
 
 def prepare(quick: bool) -> Setup:
     assets = assets_dir()
-    bundle = assets_bundle(assets)
+    standin = KeywordSpotter.from_assets(assets, backend=BackendOptions(runtime="onnx", threads=1))
+    assert standin.bundle is not None
     synthetic_path = assets / "synthetic" / "encoder-synthetic.onnx"
+    bundle = standin.bundle
     return Setup(
         assets=assets,
-        bundle=bundle,
-        tokenizer=Tokenizer(bundle.tokens, bundle.bpe_model),
-        standin=OnnxBackend(bundle.encoder, bundle.decoder, bundle.joiner, num_threads=1),
-        synthetic=OnnxBackend(synthetic_path, bundle.decoder, bundle.joiner, num_threads=1),
+        standin=standin,
+        synthetic=standin.with_backend(
+            OnnxBackend(synthetic_path, bundle.decoder, bundle.joiner, num_threads=1)
+        ),
         phrases=corpus_phrases(assets, max(KEYWORD_COUNTS), first=("LIGHT UP", "HEY COMPUTER")),
         speech=corpus_audio(assets, 30.0 if quick else 60.0),
         espeak=espeak_audio(ESPEAK_SENTENCES[:3] if quick else ESPEAK_SENTENCES),
@@ -121,7 +126,7 @@ def bench_search(
     for count in KEYWORD_COUNTS:
         ks = keyword_set(setup, count)
         for source, frames in frame_sets.items():
-            search = KeywordSearch(setup.standin, ks, SearchOptions(beam=4))
+            search = KeywordSearch(setup.standin.backend, ks, SearchOptions(beam=4))
             cold, found = search_pass(search, frames)
             per_frame = [search_pass(search, frames)[0] for _ in range(repeats)]
             results.append(
@@ -140,13 +145,13 @@ class KeywordCost:
 def bench_keyword_lists(setup: Setup, repeats: int) -> list[KeywordCost]:
     """What a keyword update costs (MQTT `cmd/keywords/set`, config reload)."""
     out = []
-    search = KeywordSearch(setup.standin, keyword_set(setup, 1), SearchOptions(beam=4))
+    search = KeywordSearch(setup.standin.backend, keyword_set(setup, 1), SearchOptions(beam=4))
     for count in KEYWORD_COUNTS:
         specs = [KeywordSpec(phrase=p) for p in setup.phrases[:count]]
         compile_ms, swap_ms = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            ks = compile_keywords(specs, setup.tokenizer, setup.standin.defaults)
+            ks = compile_keywords(specs, setup.standin.tokenizer, setup.standin.backend.defaults)
             t1 = time.perf_counter()
             search.set_keywords(ks)
             t2 = time.perf_counter()
@@ -169,7 +174,7 @@ def bench_fbank(audio: FloatArray, repeats: int) -> Stats:
     return Stats.of(times)
 
 
-def bench_encoder(backend: OnnxBackend, audio: FloatArray, repeats: int) -> Stats:
+def bench_encoder(backend: Backend, audio: FloatArray, repeats: int) -> Stats:
     fbank, chunker = FbankStream(), Chunker(backend.chunk.frames_in, backend.chunk.frames_shift)
     feats = chunker.push(fbank.accept(audio))
     times: list[float] = []
@@ -186,15 +191,17 @@ def bench_encoder(backend: OnnxBackend, audio: FloatArray, repeats: int) -> Stat
 TAIL = np.zeros(int(0.8 * 16000), np.float32)
 
 
-def cpu_kwsd(backend: Backend, ks: KeywordSet, audio: FloatArray) -> tuple[float, int]:
+def cpu_kwsd(spotter: KeywordSpotter, ks: KeywordSet, audio: FloatArray) -> tuple[float, int]:
     """Process CPU seconds for one fresh stream (keyword graph built before, as sherpa-onnx
-    builds its graph when the spotter loads), detections."""
-    spotter = Spotter(backend, ks, SearchOptions(beam=4))
+    builds its graph when the spotter loads), detections. Each run gets a spotter with
+    empty caches, so it starts as cold as the first stream of a new process: the shared
+    decoder cache would otherwise make every repeat cheaper than the first."""
+    stream = spotter.with_backend(spotter.backend).create_stream(ks)
     t0 = time.process_time()
     found = 0
     for i in range(0, len(audio), CHUNK_SAMPLES):
-        found += len(spotter.accept_waveform(audio[i : i + CHUNK_SAMPLES]))
-    found += len(spotter.finish())
+        found += len(stream.accept(audio[i : i + CHUNK_SAMPLES]))
+    found += len(stream.finish())
     return time.process_time() - t0, found
 
 
@@ -208,7 +215,7 @@ class SherpaPeer:
         kw_file.write_text(
             "".join(f"{' '.join(k.pieces)} @{k.display.replace(' ', '_')}\n" for k in ks.keywords)
         )
-        defaults = setup.standin.defaults
+        defaults = setup.standin.backend.defaults
         self.spotter = sherpa_onnx.KeywordSpotter(
             tokens=str(setup.bundle.tokens),
             encoder=str(encoder),
@@ -497,7 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "real encoder (light_up fixture)": read_frames(
             setup.assets / "fixtures" / "ref_encoder_light_up.bin"
         ),
-        "stand-in encoder on espeak-ng": encode_all(setup.standin, setup.espeak),
+        "stand-in encoder on espeak-ng": encode_all(setup.standin.backend, setup.espeak),
     }
     step("search per frame")
     search = bench_search(setup, frame_sets, repeats=5 if quick else 20)
@@ -507,9 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     fbank = bench_fbank(setup.speech, repeats=2 if quick else 5)
     step("encoders")
     encoders = {
-        "stand-in (GRU)": bench_encoder(setup.standin, setup.speech, 1 if quick else 3),
+        "stand-in (GRU)": bench_encoder(setup.standin.backend, setup.speech, 1 if quick else 3),
         "synthetic (zipformer2 I/O)": bench_encoder(
-            setup.synthetic, setup.speech, 1 if quick else 3
+            setup.synthetic.backend, setup.speech, 1 if quick else 3
         ),
     }
     step("sherpa-onnx with the stand-in encoder")

@@ -1,9 +1,100 @@
-"""kwsd: an open-vocabulary keyword-spotting daemon for home automation."""
+"""kwsd: an open-vocabulary keyword-spotting daemon for home automation, and a library.
 
-from importlib.metadata import PackageNotFoundError, version
+    from kwsd import KeywordSpotter
 
-try:
-    # One version source: pyproject.toml, as installed (wheel, sdist or editable).
-    __version__ = version("kwsd")
-except PackageNotFoundError:  # a bare source tree on sys.path, never installed
-    __version__ = "0+unknown"
+    spotter = KeywordSpotter.installed(keywords=["hey computer", "lights off"])
+    stream = spotter.create_stream(sample_rate=48000)
+    for det in stream.accept(samples):      # int16 or float32 numpy array, any size
+        print(det.keyword, det.start, det.score)
+
+See `kwsd.spotter` for the whole API. The names below load on first use, so that
+`import kwsd` (and every `kwsd` command) stays fast: the model stack (numpy, ONNX
+Runtime, SentencePiece) is imported only by code that decodes audio.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module  # loaded by Python's start-up anyway
+
+# `typing` itself costs more than the rest of this file; type checkers read this as True.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from kwsd.detection import Detection
+    from kwsd.engine import KeywordStream
+    from kwsd.errors import (
+        AudioError,
+        ConfigError,
+        KeywordError,
+        KwsdError,
+        ModelError,
+        ModelMissingError,
+        NetworkError,
+    )
+    from kwsd.keywords.compile import KeywordSet
+    from kwsd.keywords.spec import KeywordSpec
+    from kwsd.search.beam import SearchOptions
+    from kwsd.spotter import BackendOptions, KeywordSpotter
+
+_ERRORS = "kwsd.errors"
+_LAZY = {
+    "KeywordSpotter": "kwsd.spotter",
+    "BackendOptions": "kwsd.spotter",
+    "KeywordStream": "kwsd.engine",
+    "SearchOptions": "kwsd.search.beam",
+    "Detection": "kwsd.detection",
+    "KeywordSpec": "kwsd.keywords.spec",
+    "KeywordSet": "kwsd.keywords.compile",
+    "KwsdError": _ERRORS,
+    "ConfigError": _ERRORS,
+    "ModelError": _ERRORS,
+    "ModelMissingError": _ERRORS,
+    "KeywordError": _ERRORS,
+    "AudioError": _ERRORS,
+    "NetworkError": _ERRORS,
+}
+
+__all__ = [
+    "AudioError",
+    "BackendOptions",
+    "ConfigError",
+    "Detection",
+    "KeywordError",
+    "KeywordSet",
+    "KeywordSpec",
+    "KeywordSpotter",
+    "KeywordStream",
+    "KwsdError",
+    "ModelError",
+    "ModelMissingError",
+    "NetworkError",
+    "SearchOptions",
+    "__version__",
+]
+
+
+def _version() -> str:
+    """One version source: pyproject.toml, as installed (wheel, sdist or editable)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("kwsd")
+    except PackageNotFoundError:  # a bare source tree on sys.path, never installed
+        return "0+unknown"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kwsd' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, "__version__"})

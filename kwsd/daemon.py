@@ -42,7 +42,6 @@ from kwsd.audio.base import AudioSource
 from kwsd.backends.base import Backend
 from kwsd.config import Settings
 from kwsd.detection import Detection
-from kwsd.engine import Frontend
 from kwsd.errors import ExitCode, KwsdError, ModelMissingError
 from kwsd.gate import DetectionGate
 from kwsd.health import HealthServer, LinkState, audio_check, health_source, mqtt_check
@@ -52,7 +51,6 @@ from kwsd.integrations.homeassistant import HomeAssistantDiscovery
 from kwsd.integrations.mute_topic import MuteWhileTopic
 from kwsd.log import configure_logging
 from kwsd.metrics import Metrics
-from kwsd.model.loaded import LoadedModel, load_model
 from kwsd.mqtt import MqttLink, MqttOptions, StdoutPublisher
 from kwsd.mqtt.commands import CommandChannel, RegistryCommands
 from kwsd.mqtt.output import MqttOutput, fit_goodbye
@@ -66,8 +64,8 @@ from kwsd.registry import (
     RegistryState,
     config_keywords,
 )
-from kwsd.search import KeywordSearch, SearchOptions
 from kwsd.service import Notifier, ServiceLifecycle, report_missing_model
+from kwsd.spotter import KeywordSpotter
 from kwsd.wyoming.server import WyomingServer
 
 log = structlog.get_logger("kwsd.daemon")
@@ -83,14 +81,6 @@ _LIVE_SETTINGS: Final = frozenset(
 
 SettingsLoader = Callable[[], Settings]
 BackendWrapper = Callable[[Backend], Backend]
-
-
-def search_options(settings: Settings) -> SearchOptions:
-    return SearchOptions(
-        beam=settings.search.beam,
-        num_trailing_blanks=settings.search.num_trailing_blanks,
-        auto_reset_seconds=settings.search.auto_reset_seconds,
-    )
 
 
 class Daemon:
@@ -132,7 +122,7 @@ class Daemon:
         self.registry: KeywordRegistry | None = None
         self.pipeline: Pipeline | None = None
         self.outputs = Outputs()  # built at start, from the settings
-        self.model: LoadedModel | None = None
+        self.spotter: KeywordSpotter | None = None
         self.started = asyncio.Event()  # model loaded, tasks running
         self.reloads = 0  # reloads attempted (SIGHUP or file edits), for tests and logs
         self._stop = asyncio.Event()
@@ -175,15 +165,17 @@ class Daemon:
     async def _run(self) -> int:
         settings = self.settings
         try:
-            model = await asyncio.to_thread(load_model, settings)
+            spotter = await asyncio.to_thread(
+                KeywordSpotter.from_config, settings.model, settings.search, assets=settings.assets
+            )
         except ModelMissingError as exc:
             return report_missing_model(exc, self.notifier)
-        self.model = model
-        backend = model.backend
         if self._backend_wrapper is not None:
-            backend = self._backend_wrapper(backend)
+            spotter = spotter.with_backend(self._backend_wrapper(spotter.backend))
+        self.spotter = spotter
+        backend = spotter.backend
         registry = KeywordRegistry(
-            KeywordCompiler(model.tokenizer, backend.defaults),
+            KeywordCompiler(spotter.tokenizer, backend.defaults),
             Path(settings.data_dir) / STATE_FILE_NAME,
             self.mute,
         )
@@ -200,10 +192,10 @@ class Daemon:
                 "(cmd/keywords/set)"
             )
         source = await asyncio.to_thread(open_source, settings.audio)
-        search = KeywordSearch(backend, registry.keyword_set, search_options(settings))
+        stream = spotter.create_stream(registry.keyword_set)
         pipeline = Pipeline(
-            Frontend(backend),
-            search,
+            stream.frontend,
+            stream.search,
             heartbeat=self.heartbeat,
             gate=DetectionGate(self.mute, settings.search.refractory_seconds),
             metrics=self.metrics,
@@ -212,15 +204,15 @@ class Daemon:
         self.pipeline = pipeline
         self._engine_version = registry.version
         self.metrics.watch_heartbeat(self.heartbeat)
-        self.metrics.set_build_info(backend=backend.name, model=model.label)
+        self.metrics.set_build_info(backend=backend.name, model=spotter.label)
         self.outputs = Outputs(
-            [*self._build_outputs(settings, model, registry), *self._extra_outputs]
+            [*self._build_outputs(settings, spotter, registry), *self._extra_outputs]
         )
-        wyoming = self._build_wyoming(settings, backend, registry)
+        wyoming = self._build_wyoming(settings, spotter, registry)
         return await self._serve(source, pipeline, registry, wyoming)
 
     def _build_outputs(
-        self, settings: Settings, model: LoadedModel, registry: KeywordRegistry
+        self, settings: Settings, model: KeywordSpotter, registry: KeywordRegistry
     ) -> list[Output]:
         """The outputs the settings ask for, in delivery order (see Outputs)."""
         outputs: list[Output] = []
@@ -270,14 +262,13 @@ class Daemon:
         )
 
     def _build_wyoming(
-        self, settings: Settings, backend: Backend, registry: KeywordRegistry
+        self, settings: Settings, spotter: KeywordSpotter, registry: KeywordRegistry
     ) -> WyomingServer | None:
         if not settings.wyoming.enabled:
             return None
-        return WyomingServer.for_backend(
-            backend,
+        return WyomingServer(
+            spotter,
             lambda: registry.keyword_set,
-            search_options(settings),
             version=__version__,
             refractory_seconds=settings.search.refractory_seconds,
             mute=self.mute,
@@ -543,4 +534,4 @@ def _is_live(key: str) -> bool:
     return any(key == live or key.startswith(live + ".") for live in _LIVE_SETTINGS)
 
 
-__all__ = ["Daemon", "search_options"]
+__all__ = ["Daemon"]

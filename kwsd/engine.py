@@ -1,19 +1,36 @@
 """The synchronous decoding core: audio → fbank → encoder → keyword search.
 
-`Frontend` and `KeywordSearch` are separate so the daemon can run them as separate
-pipeline stages; `Spotter` composes them for everything that just wants detections
-from one stream (`kwsd detect`, `kwsd eval`, the Wyoming server, the benchmarks).
+`Frontend` (features and encoder state) and `KeywordSearch` are separate so the
+daemon can schedule them as separate pipeline stages; `KeywordStream` composes them,
+behind the caller's own sample rate and sample format, for everything that just
+wants detections from one stream (`kwsd detect`, `kwsd eval`, the Wyoming server,
+the benchmarks, library users). Streams come from `KeywordSpotter.create_stream`.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import math
+import warnings
+from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
+
+from kwsd.audio.convert import StreamResampler
 from kwsd.backends.base import Backend, FloatArray
+from kwsd.backends.replay import check_frames
 from kwsd.detection import Detection
+from kwsd.errors import AudioError
 from kwsd.features import SAMPLE_RATE, TAIL_PADDING_SECONDS, Chunker, FbankStream
 from kwsd.keywords import KeywordSet
-from kwsd.search import KeywordSearch, SearchOptions
+from kwsd.search import KeywordSearch
+
+if TYPE_CHECKING:
+    from kwsd.spotter import KeywordsLike, KeywordSpotter
+
+# A float block this loud (RMS) is not [-1, 1] audio but, almost always, int16 values
+# converted to float without scaling: the model would hear only clipping.
+_FLOAT_SCALE_LIMIT = 2.0
 
 
 class Frontend:
@@ -48,24 +65,144 @@ class Frontend:
         return out
 
 
-class Spotter:
-    """One audio stream in, detections out."""
+class KeywordStream:
+    """One audio stream in, detections out. Create it with `KeywordSpotter.create_stream`.
 
-    def __init__(self, backend: Backend, keywords: KeywordSet, options: SearchOptions) -> None:
-        self.frontend = Frontend(backend)
-        self.search = KeywordSearch(backend, keywords, options)
+        stream = spotter.create_stream(sample_rate=48000)
+        for block in microphone_blocks:           # any size, int16 or float32 in [-1, 1]
+            for det in stream.accept(block):
+                print(det.keyword, det.start, det.score)
+        leftovers = stream.finish()               # end of input: flush the last words
 
-    def accept_waveform(self, samples: FloatArray) -> list[Detection]:
-        return self._search(self.frontend.accept(samples))
+    Audio at `sample_rate` is resampled to the model's 16 kHz as it arrives (soxr,
+    streaming, so block edges leave no clicks). Detection times are seconds since the
+    stream started. `set_keywords` swaps the list between two encoder frames, without
+    losing audio. A stream holds its own features, encoder state and search paths, so
+    many streams of one spotter can run in parallel threads; feed each one from one
+    thread at a time (`set_keywords` alone may come from any thread).
+
+    `frontend` and `search` are the two stages inside, for callers that schedule them
+    themselves (the daemon's pipeline feeds 16 kHz blocks to them directly).
+    """
+
+    def __init__(
+        self,
+        spotter: KeywordSpotter,
+        frontend: Frontend,
+        search: KeywordSearch,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+            raise ValueError(
+                f"sample_rate must be a positive whole number of Hz, not {sample_rate!r}"
+            )
+        self.spotter = spotter
+        self.frontend = frontend
+        self.search = search
+        self.sample_rate = sample_rate
+        self._resampler = StreamResampler(sample_rate)
+        self._finished = False
+        self._warned_scale = False
+
+    @property
+    def keywords(self) -> KeywordSet:
+        """The keyword list in effect (or about to be, after `set_keywords`)."""
+        return self.search.latest_keywords
+
+    def accept(self, samples: npt.ArrayLike) -> list[Detection]:
+        """Feed mono samples at `sample_rate`; return the keywords completed by them.
+
+        float32/float64 in [-1, 1] or int16, a 1-D array of any length (even 0).
+        Detections come out a few hundred milliseconds after the keyword was spoken:
+        the encoder works in 320 ms chunks and the search waits for a blank frame.
+        """
+        if self._finished:
+            raise RuntimeError("this stream is finished; call reset() to reuse it")
+        audio = self._resampler.process(self._mono_float32(samples))
+        return self._search(self.frontend.accept(audio))
 
     def finish(self) -> list[Detection]:
-        return self._search(self.frontend.flush())
+        """End of input: pad with silence and return what the last words complete.
 
-    def set_keywords(self, keywords: KeywordSet) -> None:
-        self.search.set_keywords(keywords)
+        After `finish`, `accept` raises until `reset`. Calling `finish` twice returns
+        nothing the second time.
+        """
+        if self._finished:
+            return []
+        self._finished = True
+        tail = self._resampler.flush()
+        chunks = self.frontend.accept(tail) if tail.size else []
+        return self._search(chunks + self.frontend.flush())
+
+    def reset(self) -> None:
+        """Start over, as a new stream: audio, partial matches and time are forgotten.
+
+        The keyword list stays (including one passed to `set_keywords` just before).
+        """
+        self._resampler = StreamResampler(self.sample_rate)
+        self.frontend.reset()
+        self.search.reset()
+        self.search.frame = 0
+        self._finished = False
+
+    def set_keywords(self, keywords: KeywordsLike) -> KeywordSet:
+        """Spot `keywords` from the next encoder frame on; returns the compiled list.
+
+        Accepts what `KeywordSpotter.compile` accepts. A bad keyword raises
+        `KeywordError` and leaves the current list in place. Partial matches of the old
+        list are dropped; audio and stream time carry on.
+        """
+        compiled = self.spotter.compile(keywords)
+        self.search.set_keywords(compiled)
+        return compiled
+
+    def accept_encoder_frames(self, frames: npt.ArrayLike) -> list[Detection]:
+        """Search encoder output [T, joiner_dim] computed elsewhere (parity checks, tuning).
+
+        Skips the audio front end: `kwsd decode-frames` feeds the reference encoder's
+        output for a recording through the real search this way.
+        """
+        enc = np.asarray(frames, dtype=np.float32)
+        check_frames(enc, self.search.backend.joiner_dim)
+        return self.search.step(enc)
 
     def _search(self, chunks: list[FloatArray]) -> list[Detection]:
         detections: list[Detection] = []
         for enc in chunks:
             detections.extend(self.search.step(enc))
         return detections
+
+    def _mono_float32(self, samples: npt.ArrayLike) -> FloatArray:
+        data = np.asarray(samples)
+        if data.ndim != 1:
+            hint = (
+                "; pick a channel (samples[:, 0]) or downmix (samples.mean(axis=1))"
+                if data.ndim == 2
+                else ""
+            )
+            raise AudioError(
+                f"samples must be mono, a 1-D array; got an array of shape {data.shape}{hint}"
+            )
+        if data.dtype == np.int16:
+            return data.astype(np.float32) / np.float32(32768.0)
+        if data.dtype.kind != "f":
+            raise AudioError(
+                f"samples of type {data.dtype} are not audio kwsd can read: pass float32 in "
+                "[-1, 1] or int16 (e.g. np.asarray(samples, np.int16) for 16-bit PCM)"
+            )
+        audio = data.astype(np.float32, copy=False)
+        if audio.size:
+            # One BLAS dot product checks every sample: several times cheaper than a peak.
+            energy = float(np.dot(audio, audio))
+            if not math.isfinite(energy):
+                raise AudioError("samples contain NaN or infinity; pass finite audio")
+            level = math.sqrt(energy / audio.size)  # RMS; at most 1 for audio in [-1, 1]
+            if level > _FLOAT_SCALE_LIMIT and not self._warned_scale:
+                self._warned_scale = True
+                warnings.warn(
+                    f"float samples are far outside [-1, 1] (RMS level {level:.0f}): divide "
+                    "16-bit values by 32768, or pass the int16 array itself",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        return audio

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import fcntl
 import itertools
 import json
 import os
@@ -32,6 +30,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+from alsa_support import ALSA_CONF, FifoCaptureDevices
 from async_support import wait_until
 from engine_support import espeak_wav
 from structlog.testing import capture_logs
@@ -52,77 +51,7 @@ from kwsd.cli import COMMAND_MODULES
 from kwsd.cli import devices as devices_cli
 from kwsd.errors import AudioError, ExitCode
 
-ALSA_CONF = Path("/usr/share/alsa/alsa.conf")
-PIPE_BYTES = 1 << 20  # default /proc/sys/fs/pipe-max-size
 NEVER = 600.0  # stall timeout for tests that must not see a reopen
-
-
-class FifoCaptureDevices:
-    """Real ALSA capture PCMs whose samples come from FIFOs this test writes."""
-
-    def __init__(self, directory: Path, names: list[str]) -> None:
-        self.directory = directory
-        self.fds: dict[str, int] = {}
-        for name in names:
-            fifo = directory / f"{name}.fifo"
-            os.mkfifo(fifo)
-            # O_RDWR: opening never blocks, and ALSA's reader never sees EOF between tests.
-            fd = os.open(fifo, os.O_RDWR)
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-            self.fds[name] = fd
-        self._configs = 0
-        self._saved_env = os.environ.get("ALSA_CONFIG_PATH")
-
-    def activate(self, names: list[str], broken: tuple[str, ...] = ()) -> None:
-        """Make exactly these devices visible (takes effect at the next PortAudio rescan).
-
-        A `broken` device fails for real a few blocks after it starts: the file plugin
-        copies captured audio to /dev/full, the write fails, ALSA returns an error and
-        PortAudio ends the stream, just as when a USB microphone is pulled.
-        """
-        self._configs += 1
-        path = self.directory / f"asound-{self._configs}.conf"
-        lines = [f"<{ALSA_CONF}>"]
-        for name in names:
-            sink = "/dev/full" if name in broken else "/dev/null"
-            lines.append(
-                f'pcm.{name} {{ type file; slave.pcm "null"; file "{sink}"; '
-                f'infile "{self.directory / (name + ".fifo")}"; format "raw" }}'
-            )
-        path.write_text("\n".join(lines) + "\n")
-        os.environ["ALSA_CONFIG_PATH"] = str(path)
-
-    def write(self, name: str, frames: np.ndarray) -> None:
-        data = np.ascontiguousarray(frames, dtype="<f4").tobytes()
-        assert len(data) <= PIPE_BYTES, "more audio than the FIFO holds: keep test audio short"
-        os.write(self.fds[name], data)
-
-    def feed_zeros_until(self, done: threading.Event) -> threading.Thread:
-        """Unblock ALSA readers (so aborting a stream can finish) until `done` is set."""
-
-        def feed() -> None:
-            zeros = bytes(4096)
-            for fd in self.fds.values():
-                os.set_blocking(fd, False)
-            while not done.wait(0.005):
-                for fd in self.fds.values():
-                    with contextlib.suppress(BlockingIOError):
-                        os.write(fd, zeros)
-            for fd in self.fds.values():
-                os.set_blocking(fd, True)
-
-        thread = threading.Thread(target=feed, daemon=True)
-        thread.start()
-        return thread
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-        if self._saved_env is None:
-            os.environ.pop("ALSA_CONFIG_PATH", None)
-        else:
-            os.environ["ALSA_CONFIG_PATH"] = self._saved_env
 
 
 @pytest.fixture

@@ -13,24 +13,19 @@ from async_support import wait_until
 
 from kwsd.audio.base import AudioBlock
 from kwsd.audio.queue import BoundedAudioQueue
-from kwsd.backends.base import Backend
-from kwsd.backends.loader import load_backend
 from kwsd.detection import Detection
-from kwsd.engine import Frontend
 from kwsd.gate import DetectionGate
 from kwsd.heartbeat import Heartbeat
-from kwsd.keywords import KeywordSet, KeywordSpec, Tokenizer, compile_keywords
-from kwsd.model.bundle import assets_bundle
+from kwsd.keywords import KeywordSet, KeywordSpec, compile_keywords
 from kwsd.pipeline import Pipeline
-from kwsd.search import KeywordSearch, SearchOptions
+from kwsd.spotter import KeywordSpotter
 
 BLOCK = 1600  # 100 ms
 
 
 @pytest.fixture(scope="module")
-def model(assets: Path) -> tuple[Backend, Tokenizer]:
-    bundle = assets_bundle(assets)
-    return load_backend(bundle, "onnx"), Tokenizer(bundle.tokens, bundle.bpe_model)
+def spotter(assets: Path) -> KeywordSpotter:
+    return KeywordSpotter.from_assets(assets)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +34,10 @@ def samples(speech: Path) -> np.ndarray:
     return np.asarray(soxr.resample(data, rate, 16000), dtype=np.float32)
 
 
-def keywords(tokenizer: Tokenizer, backend: Backend, *phrases: str, version: int) -> KeywordSet:
+def keywords(spotter: KeywordSpotter, *phrases: str, version: int) -> KeywordSet:
+    """Compiled as the daemon's keyword registry does: with a version number."""
     specs = [KeywordSpec(phrase=p) for p in phrases]
-    return compile_keywords(specs, tokenizer, backend.defaults, version=version)
+    return compile_keywords(specs, spotter.tokenizer, spotter.backend.defaults, version=version)
 
 
 def blocks(samples: np.ndarray, start_sample: int, *, gap: bool) -> list[AudioBlock]:
@@ -63,17 +59,16 @@ async def run(pipeline: Pipeline, items: list[AudioBlock]) -> list[Detection]:
     return found
 
 
-def make_pipeline(backend: Backend, ks: KeywordSet) -> Pipeline:
-    search = KeywordSearch(backend, ks, SearchOptions())
+def make_pipeline(spotter: KeywordSpotter, ks: KeywordSet) -> Pipeline:
+    stream = spotter.create_stream(ks)
     gate = DetectionGate(refractory_seconds=0.0)
-    return Pipeline(Frontend(backend), search, heartbeat=Heartbeat(), gate=gate)
+    return Pipeline(stream.frontend, stream.search, heartbeat=Heartbeat(), gate=gate)
 
 
 async def test_times_stay_absolute_across_an_audio_gap(
-    model: tuple[Backend, Tokenizer], samples: np.ndarray
+    spotter: KeywordSpotter, samples: np.ndarray
 ) -> None:
-    backend, tokenizer = model
-    pipeline = make_pipeline(backend, keywords(tokenizer, backend, "HEY COMPUTER", version=1))
+    pipeline = make_pipeline(spotter, keywords(spotter, "HEY COMPUTER", version=1))
     # The first pass, then 60 s of audio lost (e.g. dropped by the queue), then another pass.
     later = len(samples) + 60 * 16000
     found = await run(pipeline, blocks(samples, 0, gap=False) + blocks(samples, later, gap=True))
@@ -84,10 +79,9 @@ async def test_times_stay_absolute_across_an_audio_gap(
 
 
 async def test_keyword_swap_takes_effect_between_blocks(
-    model: tuple[Backend, Tokenizer], samples: np.ndarray
+    spotter: KeywordSpotter, samples: np.ndarray
 ) -> None:
-    backend, tokenizer = model
-    pipeline = make_pipeline(backend, keywords(tokenizer, backend, "HEY COMPUTER", version=1))
+    pipeline = make_pipeline(spotter, keywords(spotter, "HEY COMPUTER", version=1))
     queue = BoundedAudioQueue(600)
     found: list[Detection] = []
     task = asyncio.create_task(pipeline.run(queue, found.append))
@@ -95,7 +89,7 @@ async def test_keyword_swap_takes_effect_between_blocks(
     for block in first:
         await queue.put(block)
     await wait_until(lambda: pipeline.stats.blocks == len(first), what="the first pass")
-    pipeline.set_keywords(keywords(tokenizer, backend, "TURN ON THE LIGHTS", version=2))
+    pipeline.set_keywords(keywords(spotter, "TURN ON THE LIGHTS", version=2))
     for block in blocks(samples, len(samples), gap=False):
         await queue.put(block)
     queue.close()
@@ -105,10 +99,9 @@ async def test_keyword_swap_takes_effect_between_blocks(
     assert pipeline.stats.keyword_versions == [2]
 
 
-async def test_shutdown_padding_is_not_a_heartbeat(model: tuple[Backend, Tokenizer]) -> None:
+async def test_shutdown_padding_is_not_a_heartbeat(spotter: KeywordSpotter) -> None:
     """No audio ever arrived (e.g. no microphone): stopping must not report READY."""
-    backend, tokenizer = model
-    pipeline = make_pipeline(backend, keywords(tokenizer, backend, "HEY COMPUTER", version=1))
+    pipeline = make_pipeline(spotter, keywords(spotter, "HEY COMPUTER", version=1))
     await run(pipeline, [])
     assert pipeline.stats.chunks > 0  # the flush did run the encoder on its padding
     assert not pipeline.heartbeat.started

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from engine_support import espeak
 
-from kwsd.backends.base import Backend, ModelDefaults
-from kwsd.backends.loader import load_backend
+from kwsd import KeywordSpotter
+from kwsd.backends.base import ModelDefaults
 from kwsd.backends.replay import ReplayBackend, read_frames
 from kwsd.cli import main
 from kwsd.errors import ExitCode
@@ -21,7 +21,6 @@ from kwsd.evaluate.metrics import score
 from kwsd.evaluate.runner import RunConfig, Worker
 from kwsd.evaluate.sweep import Grid
 from kwsd.keywords import Tokenizer, compile_keywords, parse_keyword_line, parse_keyword_lines
-from kwsd.model.bundle import assets_bundle
 
 LIGHT_UP_LINE = "▁ L IGHT ▁UP :2.0 #0.25 @LIGHT_UP"
 LIGHT_UP_TRANSCRIPT = (
@@ -30,10 +29,11 @@ LIGHT_UP_TRANSCRIPT = (
 )
 
 
-def _replay_backend(assets: Path) -> Backend:
+def _replay_spotter(assets: Path) -> KeywordSpotter:
     """The real decoder/joiner driven by the real encoder's output for light_up.wav."""
-    inner = load_backend(assets_bundle(assets), "onnx")
-    return ReplayBackend(inner, read_frames(assets / "fixtures" / "ref_encoder_light_up.bin"))
+    spotter = KeywordSpotter.from_assets(assets)
+    frames = read_frames(assets / "fixtures" / "ref_encoder_light_up.bin")
+    return spotter.with_backend(ReplayBackend(spotter.backend, frames))
 
 
 @pytest.fixture()
@@ -44,11 +44,8 @@ def replay_setup(assets: Path, tmp_path: Path) -> tuple[Worker, Path]:
         f"relpath\ttranscript\tword_end_s\nlight_up.wav\t{LIGHT_UP_TRANSCRIPT}\tLIGHT UP=3.30\n",
         "utf-8",
     )
-    bundle = assets_bundle(assets)
     config = RunConfig(
-        make_backend=partial(_replay_backend, assets),
-        tokens=bundle.tokens,
-        bpe_model=bundle.bpe_model,
+        make_spotter=partial(_replay_spotter, assets),
         specs=(parse_keyword_line(LIGHT_UP_LINE), parse_keyword_line("LOVELY CHILD")),
         grid=Grid(boosts=(2.0,), thresholds=(0.25, 0.99)),
     )

@@ -19,17 +19,13 @@ from engine_support import espeak
 
 from kwsd.audio.base import AudioBlock
 from kwsd.audio.queue import BoundedAudioQueue
-from kwsd.backends.base import Backend
-from kwsd.backends.loader import load_backend
 from kwsd.detection import Detection
-from kwsd.engine import Frontend
 from kwsd.gate import DetectionGate, Verdict
 from kwsd.heartbeat import Heartbeat
-from kwsd.keywords import KeywordSet, KeywordSpec, Tokenizer, compile_keywords
-from kwsd.model.bundle import assets_bundle
+from kwsd.keywords import KeywordSet, KeywordSpec
 from kwsd.mute import HERMES, MuteState
 from kwsd.pipeline import BlockReport, Pipeline
-from kwsd.search import KeywordSearch, SearchOptions
+from kwsd.spotter import KeywordSpotter
 from kwsd.wyoming.audio import AudioFormat, audio_chunk, audio_start, audio_stop
 from kwsd.wyoming.event import Event, EventReader, write_event
 from kwsd.wyoming.server import WyomingServer, parse_uri
@@ -64,12 +60,9 @@ def test_a_muted_detection_does_not_start_a_refractory_period() -> None:
 
 
 @pytest.fixture(scope="module")
-def model(assets: Path) -> tuple[Backend, KeywordSet]:
-    bundle = assets_bundle(assets)
-    backend = load_backend(bundle, "onnx")
-    tokenizer = Tokenizer(bundle.tokens, bundle.bpe_model)
-    keywords = compile_keywords([KeywordSpec(phrase="HEY COMPUTER")], tokenizer, backend.defaults)
-    return backend, keywords
+def model(assets: Path) -> tuple[KeywordSpotter, KeywordSet]:
+    spotter = KeywordSpotter.from_assets(assets)
+    return spotter, spotter.compile([KeywordSpec(phrase="HEY COMPUTER")])
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +82,10 @@ def _blocks(samples: Samples, start_sample: int) -> list[AudioBlock]:
 
 
 async def _pipeline_run(
-    model: tuple[Backend, KeywordSet], utterances: tuple[Samples, Samples], mute: MuteState
+    model: tuple[KeywordSpotter, KeywordSet], utterances: tuple[Samples, Samples], mute: MuteState
 ) -> tuple[Pipeline, list[Detection], list[BlockReport]]:
     """Both halves through a pipeline; the observer unmutes once a detection was dropped."""
-    backend, keywords = model
+    spotter, keywords = model
     reports: list[BlockReport] = []
 
     def observe(report: BlockReport) -> None:
@@ -100,9 +93,10 @@ async def _pipeline_run(
         if report.found and not report.published and mute.muted:
             mute.resume()  # the user speaks right after the mute ends
 
+    stream = spotter.create_stream(keywords)
     pipeline = Pipeline(
-        Frontend(backend),
-        KeywordSearch(backend, keywords, SearchOptions()),
+        stream.frontend,
+        stream.search,
         heartbeat=Heartbeat(),
         gate=DetectionGate(mute, REFRACTORY),
         observer=observe,
@@ -118,7 +112,7 @@ async def _pipeline_run(
 
 
 async def test_pipeline_publishes_the_first_detection_after_an_unmute(
-    model: tuple[Backend, KeywordSet], utterances: tuple[Samples, Samples]
+    model: tuple[KeywordSpotter, KeywordSet], utterances: tuple[Samples, Samples]
 ) -> None:
     half = len(utterances[0]) / RATE
     # Not muted: the repeat falls inside the refractory window and is dropped.
@@ -139,7 +133,7 @@ async def test_pipeline_publishes_the_first_detection_after_an_unmute(
 
 
 async def test_pipeline_observer_sees_every_block_with_its_timing(
-    model: tuple[Backend, KeywordSet], utterances: tuple[Samples, Samples]
+    model: tuple[KeywordSpotter, KeywordSet], utterances: tuple[Samples, Samples]
 ) -> None:
     _, published, reports = await _pipeline_run(model, utterances, MuteState())
     blocks = [r.block for r in reports]
@@ -154,16 +148,17 @@ async def test_pipeline_observer_sees_every_block_with_its_timing(
 
 
 async def test_a_failing_observer_does_not_stop_the_pipeline(
-    model: tuple[Backend, KeywordSet], utterances: tuple[Samples, Samples]
+    model: tuple[KeywordSpotter, KeywordSet], utterances: tuple[Samples, Samples]
 ) -> None:
-    backend, keywords = model
+    spotter, keywords = model
 
     def broken(report: BlockReport) -> None:
         raise RuntimeError("observer bug")
 
+    stream = spotter.create_stream(keywords)
     pipeline = Pipeline(
-        Frontend(backend),
-        KeywordSearch(backend, keywords, SearchOptions()),
+        stream.frontend,
+        stream.search,
         heartbeat=Heartbeat(),
         observer=broken,
     )
@@ -228,14 +223,13 @@ async def _wyoming_stream(
 
 
 async def test_wyoming_publishes_the_first_detection_after_an_unmute(
-    model: tuple[Backend, KeywordSet], utterances: tuple[Samples, Samples]
+    model: tuple[KeywordSpotter, KeywordSet], utterances: tuple[Samples, Samples]
 ) -> None:
-    backend, keywords = model
+    spotter, keywords = model
     mute = MuteState()
-    server = WyomingServer.for_backend(
-        backend,
+    server = WyomingServer(
+        spotter,
         lambda: keywords,
-        SearchOptions(),
         version="1",
         refractory_seconds=REFRACTORY,
         mute=mute,

@@ -23,15 +23,11 @@ import onnxruntime as ort
 import pytest
 import soundfile as sf
 
-from kwsd.backends.base import Backend, ChunkSpec
+from kwsd import BackendOptions, Detection, KeywordSpec, KeywordSpotter
+from kwsd.backends.base import ChunkSpec
 from kwsd.backends.coreml import CoreMLBackend
 from kwsd.backends.coreml_io import load_config
-from kwsd.backends.loader import load_backend
-from kwsd.detection import Detection
-from kwsd.engine import Spotter
-from kwsd.keywords import KeywordSpec, Tokenizer, compile_keywords
 from kwsd.model.bundle import open_bundle
-from kwsd.search import SearchOptions
 
 REPO = Path(__file__).resolve().parents[1]
 ON_MACOS = sys.platform == "darwin"
@@ -93,27 +89,25 @@ def read_wav(path: Path) -> npt.NDArray[np.float32]:
 
 
 @pytest.fixture(scope="module")
-def coreml_backend(coreml_dir: Path) -> Backend:
-    return load_backend(open_bundle(coreml_dir), "coreml")
+def coreml_spotter(coreml_dir: Path) -> KeywordSpotter:
+    options = BackendOptions(runtime="coreml")
+    return KeywordSpotter.from_model_dir(coreml_dir, keywords=KEYWORDS, backend=options)
 
 
 @pytest.fixture(scope="module")
-def onnx_backend(onnx_dir: Path) -> Backend:
-    return load_backend(open_bundle(onnx_dir), "onnx")
+def onnx_spotter(onnx_dir: Path) -> KeywordSpotter:
+    options = BackendOptions(runtime="onnx")
+    return KeywordSpotter.from_model_dir(onnx_dir, keywords=KEYWORDS, backend=options)
 
 
-def spot(backend: Backend, root: Path, samples: npt.NDArray[np.float32]) -> list[Detection]:
+def spot(spotter: KeywordSpotter, samples: npt.NDArray[np.float32]) -> list[Detection]:
     """Stream `samples` in 100 ms blocks, as a microphone would, then flush."""
-    bundle = open_bundle(root)
-    keyword_set = compile_keywords(
-        list(KEYWORDS), Tokenizer(bundle.tokens, bundle.bpe_model), backend.defaults
-    )
-    spotter = Spotter(backend, keyword_set, SearchOptions())
+    stream = spotter.create_stream()
     found: list[Detection] = []
     block = SAMPLE_RATE // 10
     for start in range(0, len(samples), block):
-        found.extend(spotter.accept_waveform(samples[start : start + block]))
-    found.extend(spotter.finish())
+        found.extend(stream.accept(samples[start : start + block]))
+    found.extend(stream.finish())
     return found
 
 
@@ -152,8 +146,9 @@ def test_coreml_backend_loads_and_runs(coreml_dir: Path) -> None:
         assert logits.shape == (2, 500) and np.isfinite(logits).all()
 
 
-def test_coreml_finds_light_up(coreml_backend: Backend, coreml_dir: Path, audio_dir: Path) -> None:
-    found = spot(coreml_backend, coreml_dir, read_wav(audio_dir / "light_up.wav"))
+def test_coreml_finds_light_up(coreml_spotter: KeywordSpotter, audio_dir: Path) -> None:
+    assert coreml_spotter.backend.name == "coreml"
+    found = spot(coreml_spotter, read_wav(audio_dir / "light_up.wav"))
     phrases = [d.phrase for d in found]
     assert "LIGHT UP" in phrases, f"CoreML found {phrases}"
     assert "LOVELY CHILD" not in phrases
@@ -163,21 +158,17 @@ def test_coreml_finds_light_up(coreml_backend: Backend, coreml_dir: Path, audio_
     assert hit.start <= hit.end and 0.0 < hit.score <= 1.0
 
 
-def test_coreml_silence_finds_nothing(coreml_backend: Backend, coreml_dir: Path) -> None:
-    assert spot(coreml_backend, coreml_dir, np.zeros(3 * SAMPLE_RATE, np.float32)) == []
+def test_coreml_silence_finds_nothing(coreml_spotter: KeywordSpotter) -> None:
+    assert spot(coreml_spotter, np.zeros(3 * SAMPLE_RATE, np.float32)) == []
 
 
 def test_coreml_agrees_with_onnx(
-    coreml_backend: Backend,
-    onnx_backend: Backend,
-    coreml_dir: Path,
-    onnx_dir: Path,
-    audio_dir: Path,
+    coreml_spotter: KeywordSpotter, onnx_spotter: KeywordSpotter, audio_dir: Path
 ) -> None:
     """Different checkpoints, so not bit-identical, but the same hits at the same time."""
     samples = read_wav(audio_dir / "light_up.wav")
-    from_coreml = spot(coreml_backend, coreml_dir, samples)
-    from_onnx = spot(onnx_backend, onnx_dir, samples)
+    from_coreml = spot(coreml_spotter, samples)
+    from_onnx = spot(onnx_spotter, samples)
     assert from_onnx, "ONNX found nothing in light_up.wav"
     assert [d.phrase for d in from_coreml] == [d.phrase for d in from_onnx]
     for c, o in zip(from_coreml, from_onnx, strict=True):

@@ -1,3 +1,5 @@
+"""The keyword search on the real decoder/joiner: real encoder frames, generated speech."""
+
 from pathlib import Path
 
 import numpy as np
@@ -5,23 +7,17 @@ import pytest
 from engine_support import espeak
 from tests_support_paths import TRANSCRIPT
 
-from kwsd.backends.base import Backend
-from kwsd.backends.loader import load_backend
-from kwsd.backends.replay import ReplayBackend, read_frames
-from kwsd.engine import Spotter
-from kwsd.keywords import KeywordSpec, Tokenizer, compile_keywords
-from kwsd.model.bundle import assets_bundle
-from kwsd.search import ContextGraph, GraphEntry, KeywordSearch, SearchOptions
+from kwsd import Detection, KeywordSpotter, SearchOptions
+from kwsd.backends.replay import read_frames
+from kwsd.search import ContextGraph, GraphEntry
 
 
 @pytest.fixture(scope="module")
-def backend(assets: Path) -> Backend:
-    return load_backend(assets_bundle(assets), "onnx")
-
-
-@pytest.fixture(scope="module")
-def tokenizer(assets: Path) -> Tokenizer:
-    return Tokenizer(assets / "model" / "tokens.txt", assets / "model" / "bpe.model")
+def spotter(assets: Path) -> KeywordSpotter:
+    """The reference search of the fixture: boost 2.0, threshold 0.25, beam 4."""
+    return KeywordSpotter.from_assets(
+        assets, search=SearchOptions(beam=4, boost=2.0, threshold=0.25)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -30,21 +26,9 @@ def frames(assets: Path) -> np.ndarray:
 
 
 def search_frames(
-    backend: Backend,
-    tokenizer: Tokenizer,
-    frames: np.ndarray,
-    phrases: list[str],
-    boost: float = 2.0,
-    threshold: float = 0.25,
-):  # type: ignore[no-untyped-def]
-    ks = compile_keywords(
-        [KeywordSpec(phrase=p) for p in phrases],
-        tokenizer,
-        backend.defaults,
-        boost=boost,
-        threshold=threshold,
-    )
-    return KeywordSearch(ReplayBackend(backend, frames), ks, SearchOptions(beam=4)).step(frames)
+    spotter: KeywordSpotter, frames: np.ndarray, phrases: list[str]
+) -> list[Detection]:
+    return spotter.create_stream(phrases).accept_encoder_frames(frames)
 
 
 def test_graph_scores_match_upstream_expectations() -> None:
@@ -73,10 +57,8 @@ def test_graph_scores_match_upstream_expectations() -> None:
         assert score == pytest.approx(total), text
 
 
-def test_light_up_in_real_encoder_frames(
-    backend: Backend, tokenizer: Tokenizer, frames: np.ndarray
-) -> None:
-    (det,) = search_frames(backend, tokenizer, frames, ["LIGHT UP"])
+def test_light_up_in_real_encoder_frames(spotter: KeywordSpotter, frames: np.ndarray) -> None:
+    (det,) = search_frames(spotter, frames, ["LIGHT UP"])
     assert det.keyword == "LIGHT UP"
     assert det.tokens == ("▁", "L", "IGHT", "▁UP")
     assert det.start == pytest.approx(3.04, abs=0.02)
@@ -85,22 +67,18 @@ def test_light_up_in_real_encoder_frames(
     assert 0.25 <= det.score <= 1.0
 
 
-def test_absent_keyword_is_not_found(
-    backend: Backend, tokenizer: Tokenizer, frames: np.ndarray
-) -> None:
-    assert search_frames(backend, tokenizer, frames, ["LOVELY CHILD"]) == []
+def test_absent_keyword_is_not_found(spotter: KeywordSpotter, frames: np.ndarray) -> None:
+    assert search_frames(spotter, frames, ["LOVELY CHILD"]) == []
 
 
-def test_transcript_phrases_found_in_order(
-    backend: Backend, tokenizer: Tokenizer, frames: np.ndarray
-) -> None:
+def test_transcript_phrases_found_in_order(spotter: KeywordSpotter, frames: np.ndarray) -> None:
     phrases = ["YELLOW LAMPS", "LIGHT UP", "HERE AND THERE"]
-    found = [d.keyword for d in search_frames(backend, tokenizer, frames, phrases)]
+    found = [d.keyword for d in search_frames(spotter, frames, phrases)]
     assert found == phrases
 
 
 def test_500_distractors_do_not_hide_or_fake_detections(
-    backend: Backend, tokenizer: Tokenizer, frames: np.ndarray, assets: Path
+    spotter: KeywordSpotter, frames: np.ndarray, assets: Path
 ) -> None:
     transcript = set(TRANSCRIPT.split())
     words = sorted(
@@ -113,60 +91,35 @@ def test_500_distractors_do_not_hide_or_fake_detections(
     )
     distractors = [f"{a} {b}" for a, b in zip(words[::2], words[1::2], strict=False)][:500]
     assert len(distractors) == 500
-    found = search_frames(backend, tokenizer, frames, ["LIGHT UP", *distractors])
+    found = search_frames(spotter, frames, ["LIGHT UP", *distractors])
     assert [d.keyword for d in found] == ["LIGHT UP"]
 
 
-def test_timestamps_are_absolute_across_resets(
-    backend: Backend, tokenizer: Tokenizer, frames: np.ndarray
-) -> None:
+def test_timestamps_are_absolute_across_resets(spotter: KeywordSpotter, frames: np.ndarray) -> None:
     """The same recording twice in one stream: the second hit is one recording later."""
     twice = np.concatenate([frames, frames])
-    ks = compile_keywords(
-        [KeywordSpec(phrase="LIGHT UP")], tokenizer, backend.defaults, boost=2.0, threshold=0.25
-    )
-    search = KeywordSearch(ReplayBackend(backend, twice), ks, SearchOptions())
-    first, second = search.step(twice)
+    first, second = search_frames(spotter, twice, ["LIGHT UP"])
     assert second.start == pytest.approx(first.start + len(frames) * 0.04, abs=0.05)
 
 
-def test_keywords_swap_at_the_next_frame(
-    backend: Backend, tokenizer: Tokenizer, frames: np.ndarray
-) -> None:
-    def ks(phrase: str):  # type: ignore[no-untyped-def]
-        return compile_keywords(
-            [KeywordSpec(phrase=phrase)], tokenizer, backend.defaults, boost=2.0, threshold=0.25
-        )
-
-    search = KeywordSearch(backend, ks("LOVELY CHILD"), SearchOptions())
-    assert search.step(frames[:40]) == []
-    search.set_keywords(ks("LIGHT UP"))
-    assert [d.keyword for d in search.step(frames[40:])] == ["LIGHT UP"]
+def test_keywords_swap_at_the_next_frame(spotter: KeywordSpotter, frames: np.ndarray) -> None:
+    stream = spotter.create_stream(["LOVELY CHILD"])
+    assert stream.accept_encoder_frames(frames[:40]) == []
+    stream.set_keywords(["LIGHT UP"])
+    assert [d.keyword for d in stream.accept_encoder_frames(frames[40:])] == ["LIGHT UP"]
 
 
-def test_standin_encoder_on_generated_speech(
-    backend: Backend, tokenizer: Tokenizer, tmp_path: Path
-) -> None:
+def test_standin_encoder_on_generated_speech(spotter: KeywordSpotter, tmp_path: Path) -> None:
     """Real end to end: espeak-ng speech → fbank → trained stand-in encoder → search."""
     audio = espeak(
         "good evening everyone, hey computer, turn on the lights in the living room please",
         tmp_path / "s.wav",
     )
-    ks = compile_keywords(
-        [
-            KeywordSpec(phrase=p)
-            for p in ("HEY COMPUTER", "LIVING ROOM", "GOOD NIGHT", "OPEN THE GARAGE")
-        ],
-        tokenizer,
-        backend.defaults,
-        boost=2.0,
-        threshold=0.25,
-    )
-    spotter = Spotter(backend, ks, SearchOptions())
+    stream = spotter.create_stream(["HEY COMPUTER", "LIVING ROOM", "GOOD NIGHT", "OPEN THE GARAGE"])
     found = []
     for start in range(0, len(audio), 1600):
-        found += spotter.accept_waveform(audio[start : start + 1600])
-    found += spotter.finish()
+        found += stream.accept(audio[start : start + 1600])
+    found += stream.finish()
     assert [d.keyword for d in found] == ["HEY COMPUTER", "LIVING ROOM"]
     assert found[0].start < found[1].start
     assert 0.5 < found[0].start < found[1].start < len(audio) / 16000

@@ -19,13 +19,9 @@ import soundfile as sf
 import soxr
 from engine_support import espeak_wav
 
-from kwsd.backends.base import Backend
-from kwsd.backends.loader import load_backend
+from kwsd import KeywordSet, KeywordSpec, KeywordSpotter
 from kwsd.errors import ConfigError
-from kwsd.keywords import KeywordSet, KeywordSpec, Tokenizer, compile_keywords
-from kwsd.model.bundle import assets_bundle
 from kwsd.mute import MuteState
-from kwsd.search import SearchOptions
 from kwsd.wyoming.audio import AudioFormat, audio_chunk, audio_start, audio_stop
 from kwsd.wyoming.event import Event, EventReader, write_event
 from kwsd.wyoming.server import WyomingServer, parse_uri
@@ -55,18 +51,16 @@ def utterances(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Speech]:
 
 
 @pytest.fixture(scope="module")
-def model(assets: Path) -> tuple[Backend, KeywordSet]:
-    bundle = assets_bundle(assets)
-    backend = load_backend(bundle, "onnx")
-    tokenizer = Tokenizer(bundle.tokens, bundle.bpe_model)
+def model(assets: Path) -> tuple[KeywordSpotter, KeywordSet]:
+    spotter = KeywordSpotter.from_assets(assets)
     specs = [KeywordSpec(phrase=p, boost=2.0, threshold=0.25) for p in PHRASES]
-    return backend, compile_keywords(specs, tokenizer, backend.defaults)
+    return spotter, spotter.compile(specs)
 
 
 @pytest.fixture
-async def server(model: tuple[Backend, KeywordSet]) -> AsyncIterator[WyomingServer]:
-    backend, keywords = model
-    srv = WyomingServer.for_backend(backend, lambda: keywords, SearchOptions(), version="9.9.9")
+async def server(model: tuple[KeywordSpotter, KeywordSet]) -> AsyncIterator[WyomingServer]:
+    spotter, keywords = model
+    srv = WyomingServer(spotter, lambda: keywords, version="9.9.9")
     await srv.start("tcp://127.0.0.1:0")
     try:
         yield srv
@@ -286,9 +280,9 @@ async def test_ping_pong_and_unknown_events_are_harmless(server: WyomingServer) 
     await client.close()
 
 
-async def test_unix_socket(model: tuple[Backend, KeywordSet], tmp_path: Path) -> None:
-    backend, keywords = model
-    srv = WyomingServer.for_backend(backend, lambda: keywords, SearchOptions(), version="1")
+async def test_unix_socket(model: tuple[KeywordSpotter, KeywordSet], tmp_path: Path) -> None:
+    spotter, keywords = model
+    srv = WyomingServer(spotter, lambda: keywords, version="1")
     path = tmp_path / "kwsd.sock"
     assert await srv.start(f"unix://{path}") == f"unix://{path}"
     reader, writer = await asyncio.open_unix_connection(str(path))
@@ -301,10 +295,10 @@ async def test_unix_socket(model: tuple[Backend, KeywordSet], tmp_path: Path) ->
 
 
 async def test_a_busy_port_is_a_config_error(
-    server: WyomingServer, model: tuple[Backend, KeywordSet]
+    server: WyomingServer, model: tuple[KeywordSpotter, KeywordSet]
 ) -> None:
-    backend, keywords = model
-    other = WyomingServer.for_backend(backend, lambda: keywords, SearchOptions(), version="1")
+    spotter, keywords = model
+    other = WyomingServer(spotter, lambda: keywords, version="1")
     assert server.address is not None
     with pytest.raises(ConfigError, match="already using that port"):
         await other.start(server.address)
@@ -322,14 +316,12 @@ def test_parse_uri() -> None:
 
 
 async def test_global_mute_suppresses_wyoming_detections(
-    model: tuple[Backend, KeywordSet], utterances: dict[str, Speech]
+    model: tuple[KeywordSpotter, KeywordSet], utterances: dict[str, Speech]
 ) -> None:
-    backend, keywords = model
+    spotter, keywords = model
     mute = MuteState()
     mute.pause("night mode")
-    srv = WyomingServer.for_backend(
-        backend, lambda: keywords, SearchOptions(), version="1", mute=mute
-    )
+    srv = WyomingServer(spotter, lambda: keywords, version="1", mute=mute)
     await srv.start("tcp://127.0.0.1:0")
     try:
         client = await Client.connect(srv)
@@ -345,11 +337,11 @@ async def test_global_mute_suppresses_wyoming_detections(
 
 
 async def test_keyword_changes_reach_the_next_stream(
-    model: tuple[Backend, KeywordSet], utterances: dict[str, Speech]
+    model: tuple[KeywordSpotter, KeywordSet], utterances: dict[str, Speech]
 ) -> None:
-    backend, keywords = model
+    spotter, keywords = model
     current = [keywords]
-    srv = WyomingServer.for_backend(backend, lambda: current[0], SearchOptions(), version="1")
+    srv = WyomingServer(spotter, lambda: current[0], version="1")
     await srv.start("tcp://127.0.0.1:0")
     try:
         client = await Client.connect(srv)

@@ -32,15 +32,20 @@ def read_frames(path: Path) -> FloatArray:
     return np.frombuffer(raw[8:], dtype="<f4").reshape(t, d).astype(np.float32)
 
 
+def check_frames(frames: FloatArray, joiner_dim: int) -> None:
+    """Raise ModelError unless `frames` is encoder output [T, joiner_dim] for this model."""
+    if frames.ndim != 2 or frames.shape[1] != joiner_dim:
+        raise ModelError(
+            f"encoder frames have shape {frames.shape}; this model's joiner expects "
+            f"[T, {joiner_dim}]"
+        )
+
+
 class ReplayBackend(DelegatingBackend):
     """Encoder chunks come from `frames`; decode/join go to the real `inner` backend."""
 
     def __init__(self, inner: Backend, frames: FloatArray) -> None:
-        if frames.ndim != 2 or frames.shape[1] != inner.joiner_dim:
-            raise ModelError(
-                f"encoder frames have shape {frames.shape}; this model's joiner expects "
-                f"[T, {inner.joiner_dim}]"
-            )
+        check_frames(frames, inner.joiner_dim)
         super().__init__(inner)
         self.name = "replay"
         self.frames = frames

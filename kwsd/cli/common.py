@@ -11,8 +11,7 @@ from kwsd.config import Settings
 from kwsd.errors import KeywordError
 from kwsd.keywords import KeywordSet, KeywordSpec, load_keyword_file, parse_keyword_line
 from kwsd.log import configure_logging
-from kwsd.model.loaded import LoadedModel, load_model
-from kwsd.search import SearchOptions
+from kwsd.spotter import KeywordSpotter
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -80,17 +79,9 @@ def keyword_specs(args: argparse.Namespace, settings: Settings) -> list[KeywordS
     return specs
 
 
-def search_options(settings: Settings) -> SearchOptions:
-    return SearchOptions(
-        beam=settings.search.beam,
-        num_trailing_blanks=settings.search.num_trailing_blanks,
-        auto_reset_seconds=settings.search.auto_reset_seconds,
-    )
-
-
-def load_model_and_keywords(
+def load_spotter_and_keywords(
     args: argparse.Namespace, missing: str, settings: Settings | None = None
-) -> tuple[Settings, LoadedModel, KeywordSet]:
+) -> tuple[Settings, KeywordSpotter, KeywordSet]:
     """Settings, model and compiled keywords for a command.
 
     `missing` completes "no keywords: ..." with how this command takes keywords;
@@ -100,8 +91,5 @@ def load_model_and_keywords(
     specs = keyword_specs(args, settings)
     if not specs:
         raise KeywordError(f"no keywords: {missing}")
-    model = load_model(settings)
-    keywords = model.compile(
-        specs, boost=settings.search.boost, threshold=settings.search.threshold
-    )
-    return settings, model, keywords
+    spotter = KeywordSpotter.from_config(settings.model, settings.search, assets=settings.assets)
+    return settings, spotter, spotter.compile(specs)

@@ -9,23 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
-from kwsd.audio.file import read_audio
-from kwsd.backends.replay import ReplayBackend, read_frames
-from kwsd.cli.common import (
-    add_keyword_args,
-    add_model_args,
-    load_model_and_keywords,
-    search_options,
-)
+from kwsd.backends.replay import read_frames
+from kwsd.cli.common import add_keyword_args, add_model_args, load_spotter_and_keywords
 from kwsd.detection import Detection
-from kwsd.engine import Spotter
 from kwsd.keywords import KeywordSet
-from kwsd.model.loaded import LoadedModel
-from kwsd.search import KeywordSearch, SearchOptions
-
-BLOCK_SECONDS = 0.1  # decode files in microphone-sized pieces: the streaming path
+from kwsd.spotter import KeywordSpotter
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,37 +35,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_decode_frames)
 
 
-def _prepare(args: argparse.Namespace) -> tuple[LoadedModel, KeywordSet, SearchOptions]:
-    settings, model, keywords = load_model_and_keywords(
+def _prepare(args: argparse.Namespace) -> tuple[KeywordSpotter, KeywordSet]:
+    _, spotter, keywords = load_spotter_and_keywords(
         args, "pass --keywords PHRASE or --keywords-file F"
     )
     for warning in keywords.warnings:
         print(f"kwsd: warning: {warning}", file=sys.stderr)
-    return model, keywords, search_options(settings)
+    return spotter, keywords
 
 
 def _detect(args: argparse.Namespace) -> int:
-    model, keywords, options = _prepare(args)
+    spotter, keywords = _prepare(args)
     for path in args.audio:
-        samples = read_audio(path)
-        spotter = Spotter(model.backend, keywords, options)
-        block = int(BLOCK_SECONDS * 16000)
-        for start in range(0, len(samples), block):
-            _print(path, spotter.accept_waveform(samples[start : start + block]), args.json)
-        _print(path, spotter.finish(), args.json)
+        _print(path, spotter.scan_file(path, keywords), args.json)
     return 0
 
 
 def _decode_frames(args: argparse.Namespace) -> int:
-    model, keywords, options = _prepare(args)
-    frames = read_frames(args.frames)
-    replay = ReplayBackend(model.backend, frames)
-    search = KeywordSearch(replay, keywords, options)
-    _print(args.frames, search.step(frames), args.json)
+    spotter, keywords = _prepare(args)
+    stream = spotter.create_stream(keywords)
+    _print(args.frames, stream.accept_encoder_frames(read_frames(args.frames)), args.json)
     return 0
 
 
-def _print(path: Path, detections: list[Detection], as_json: bool) -> None:
+def _print(path: Path, detections: Iterable[Detection], as_json: bool) -> None:
+    """One line per detection, printed as soon as the decoder finds it."""
     for det in detections:
         if as_json:
             record = {

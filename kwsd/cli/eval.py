@@ -16,23 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from kwsd.cli.common import (
-    add_keyword_args,
-    add_model_args,
-    keyword_specs,
-    search_options,
-    settings_for,
-)
+from kwsd.cli.common import add_keyword_args, add_model_args, keyword_specs, settings_for
 from kwsd.errors import ExitCode, KeywordError, KwsdError
 from kwsd.evaluate.manifest import read_manifest
 from kwsd.evaluate.metrics import FileResult, score
 from kwsd.evaluate.report import format_recommendations, format_table, to_json
-from kwsd.evaluate.runner import RunConfig, Worker, backend_factory, run_all
+from kwsd.evaluate.runner import RunConfig, Worker, run_all
 from kwsd.evaluate.sweep import (
     DEFAULT_BOOSTS,
     DEFAULT_THRESHOLDS,
@@ -44,7 +39,7 @@ from kwsd.evaluate.sweep import (
     recommend,
     sweep_points,
 )
-from kwsd.model.loaded import load_model
+from kwsd.spotter import KeywordSpotter
 
 
 class EvalUsageError(KwsdError):
@@ -159,20 +154,19 @@ def _eval(args: argparse.Namespace) -> int:
     specs = keyword_specs(args, settings)
     if not specs:
         raise KeywordError("no keywords: pass --keywords PHRASE or --keywords-file F")
-    model = load_model(settings)
+    spotter = KeywordSpotter.from_config(settings.model, settings.search, assets=settings.assets)
+    assert spotter.bundle is not None  # from_config always loads a bundle
     config = RunConfig(
-        make_backend=backend_factory(
-            model.bundle, settings.model.backend, settings.model.num_threads
+        make_spotter=partial(
+            KeywordSpotter.from_bundle,
+            spotter.bundle,
+            backend=spotter.backend_options,
+            search=spotter.search_options,
         ),
-        tokens=model.bundle.tokens,
-        bpe_model=model.bundle.bpe_model,
         specs=tuple(specs),
-        options=search_options(settings),
-        boost=settings.search.boost,
-        threshold=settings.search.threshold,
         grid=grid,
     )
-    worker = Worker(config, backend=model.backend)
+    worker = Worker(config, spotter=spotter)
     for warning in worker.keywords.warnings:
         print(f"kwsd: warning: {warning}", file=sys.stderr)
     targets = worker.targets()
@@ -218,9 +212,9 @@ def _eval(args: argparse.Namespace) -> int:
         if args.out_keywords:
             header = (
                 f"kwsd eval --sweep on {manifest.path} ({len(manifest)} files), "
-                f"budget {args.max_fa_per_hour:g} false alarms/hour, model {model.label}"
+                f"budget {args.max_fa_per_hour:g} false alarms/hour, model {spotter.label}"
             )
-            text = keyword_file_text(worker.keywords, worker.tokenizer, recs, header=header)
+            text = keyword_file_text(worker.keywords, spotter.tokenizer, recs, header=header)
             _write(args.out_keywords, text)
             print(
                 f"keywords file written to {args.out_keywords} "
@@ -230,14 +224,14 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.json is not None:
         options = {
-            "beam": config.options.beam,
-            "boost": config.boost,
-            "threshold": config.threshold,
+            "beam": spotter.search_options.beam,
+            "boost": spotter.search_options.boost,
+            "threshold": spotter.search_options.threshold,
             "tolerance": args.tolerance,
             "jobs": args.jobs,
         }
         report = to_json(
-            scores, manifest=str(manifest.path), model=model.label, options=options, **extra
+            scores, manifest=str(manifest.path), model=spotter.label, options=options, **extra
         )
         text = json.dumps(report, indent=2) + "\n"
         if json_to_stdout:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from kwsd.cli.common import add_keyword_args, add_model_args, load_model_and_keywords
+from kwsd.cli.common import add_keyword_args, add_model_args, load_spotter_and_keywords
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     args.keywords = [*args.phrases, *args.keywords]
-    _, _, keywords = load_model_and_keywords(args, "pass phrases, --keywords or --keywords-file")
+    _, _, keywords = load_spotter_and_keywords(args, "pass phrases, --keywords or --keywords-file")
     if args.json:
         print(
             json.dumps(

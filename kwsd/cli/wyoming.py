@@ -16,8 +16,7 @@ from kwsd import __version__
 from kwsd.cli.common import (
     add_keyword_args,
     add_model_args,
-    load_model_and_keywords,
-    search_options,
+    load_spotter_and_keywords,
     settings_for,
 )
 from kwsd.wyoming.server import WyomingServer, parse_uri
@@ -50,17 +49,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _run(args: argparse.Namespace) -> int:
     settings = settings_for(args, wyoming__uri=args.uri, search__refractory_seconds=args.refractory)
     parse_uri(settings.wyoming.uri)  # a bad uri fails before the model loads
-    settings, model, keywords = load_model_and_keywords(
+    settings, spotter, keywords = load_spotter_and_keywords(
         args,
         "pass --keywords PHRASE, --keywords-file F, or set keywords.phrases in config.toml",
         settings,
     )
     for warning in keywords.warnings:
         print(f"kwsd: warning: {warning}", file=sys.stderr)
-    server = WyomingServer.for_backend(
-        model.backend,
+    server = WyomingServer(
+        spotter,
         lambda: keywords,
-        search_options(settings),
         version=__version__,
         refractory_seconds=settings.search.refractory_seconds,
     )

@@ -1,10 +1,10 @@
 """Decoding every manifest file, in parallel, exactly as `kwsd detect` would.
 
-Each file is its own stream through a `Spotter`, fed in 10 ms blocks like a
-microphone, so the time a detection is reported (and hence the latency) is what a live
-user would see. With `jobs > 1` the files are spread over a process pool in which every
-worker loads the model and compiles the keywords once; ONNX Runtime sessions are not
-shared across processes, and threads would fight over the GIL in the search.
+Each file is its own `KeywordStream`, fed in 10 ms blocks like a microphone, so the
+time a detection is reported (and hence the latency) is what a live user would see.
+With `jobs > 1` the files are spread over a process pool in which every worker loads
+the model and compiles the keywords once; ONNX Runtime sessions are not shared across
+processes, and threads would fight over the GIL in the search.
 """
 
 from __future__ import annotations
@@ -12,49 +12,30 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
+from dataclasses import dataclass
 
 from kwsd.audio.file import read_audio
-from kwsd.backends.base import Backend, FloatArray
-from kwsd.backends.loader import load_backend
-from kwsd.engine import Spotter
+from kwsd.backends.base import FloatArray
 from kwsd.errors import AudioError
 from kwsd.evaluate.manifest import Utterance
 from kwsd.evaluate.metrics import FileResult, Spotted, Target
 from kwsd.evaluate.sweep import SAMPLE_RATE, Grid, SweepFile, at_point, encode, search
-from kwsd.keywords import KeywordSet, KeywordSpec, Tokenizer, compile_keywords
-from kwsd.model.bundle import ModelBundle
-from kwsd.search import SearchOptions
+from kwsd.keywords import KeywordSet, KeywordSpec
+from kwsd.spotter import KeywordSpotter
 
 BLOCK_SECONDS = 0.01
 
-BackendFactory = Callable[[], Backend]
-
-
-def _load(bundle: ModelBundle, backend: str, num_threads: int) -> Backend:
-    return load_backend(bundle, backend, num_threads=num_threads)
-
-
-def backend_factory(
-    bundle: ModelBundle, backend: str = "auto", num_threads: int = 1
-) -> BackendFactory:
-    """A picklable recipe for the backend, so pool workers can each build their own."""
-    return partial(_load, bundle, backend, num_threads)
+# Loads the model: `functools.partial(KeywordSpotter.from_bundle, bundle, ...)`, which
+# pickles, so every pool worker loads its own copy.
+SpotterFactory = Callable[[], KeywordSpotter]
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything a worker needs to decode files; picklable for the process pool."""
 
-    make_backend: BackendFactory
-    tokens: Path  # tokens.txt
-    bpe_model: Path
+    make_spotter: SpotterFactory
     specs: tuple[KeywordSpec, ...]
-    options: SearchOptions = field(default_factory=SearchOptions)
-    boost: float | None = None
-    threshold: float | None = None
     grid: Grid | None = None  # set for --sweep
 
 
@@ -69,24 +50,15 @@ def load_audio(utt: Utterance) -> FloatArray:
 class Worker:
     """The model and compiled keywords of one process, reused for every file it gets."""
 
-    def __init__(self, config: RunConfig, backend: Backend | None = None) -> None:
+    def __init__(self, config: RunConfig, spotter: KeywordSpotter | None = None) -> None:
         self.config = config
-        self.backend = backend if backend is not None else config.make_backend()
-        self.tokenizer = Tokenizer(config.tokens, config.bpe_model)
-        self.keywords = compile_keywords(
-            config.specs,
-            self.tokenizer,
-            self.backend.defaults,
-            boost=config.boost,
-            threshold=config.threshold,
-        )
+        self.spotter = spotter if spotter is not None else config.make_spotter()
+        self.keywords = self.spotter.compile(config.specs)
         self.grid_keywords: list[KeywordSet] = []
         if config.grid is not None:
+            # at_point sets every keyword's boost and threshold: no default applies.
             self.grid_keywords = [
-                compile_keywords(
-                    at_point(config.specs, b, t), self.tokenizer, self.backend.defaults
-                )
-                for b, t in config.grid.points()
+                self.spotter.compile(at_point(config.specs, b, t)) for b, t in config.grid.points()
             ]
         self.block = round(BLOCK_SECONDS * SAMPLE_RATE)
 
@@ -94,30 +66,29 @@ class Worker:
         return targets_of(self.keywords)
 
     def run(self, utt: Utterance) -> FileResult:
-        """Stream the file through a fresh Spotter, as `kwsd detect` does."""
+        """Stream the file through a fresh stream, as `kwsd detect` does."""
         samples = load_audio(utt)
-        spotter = Spotter(self.backend, self.keywords, self.config.options)
+        stream = self.spotter.create_stream(self.keywords)
         found: list[Spotted] = []
         fed = 0
         for start in range(0, len(samples), self.block):
             piece = samples[start : start + self.block]
             fed += len(piece)
-            for d in spotter.accept_waveform(piece):
+            for d in stream.accept(piece):
                 found.append(
                     Spotted(d.keyword, d.phrase, d.start, d.end, d.score, fed / SAMPLE_RATE)
                 )
-        for d in spotter.finish():
+        for d in stream.finish():
             found.append(Spotted(d.keyword, d.phrase, d.start, d.end, d.score, fed / SAMPLE_RATE))
         return FileResult(utt.relpath, fed / SAMPLE_RATE, tuple(found))
 
     def sweep(self, utt: Utterance) -> SweepFile:
         """Encode once, then search the cached frames at the base and every grid point."""
-        encoded = encode(self.backend, load_audio(utt), self.block)
-        opts = self.config.options
+        encoded = encode(self.spotter.backend, load_audio(utt), self.block)
 
         def result(keywords: KeywordSet) -> FileResult:
             return FileResult(
-                utt.relpath, encoded.duration, search(self.backend, keywords, opts, encoded)
+                utt.relpath, encoded.duration, search(self.spotter, keywords, encoded)
             )
 
         return SweepFile(

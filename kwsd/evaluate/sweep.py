@@ -27,7 +27,7 @@ from kwsd.errors import ExitCode, KwsdError
 from kwsd.evaluate.manifest import Manifest
 from kwsd.evaluate.metrics import FileResult, KeywordMetrics, Spotted, Target, score
 from kwsd.keywords import KeywordSet, KeywordSpec, Tokenizer
-from kwsd.search import KeywordSearch, SearchOptions
+from kwsd.spotter import KeywordSpotter
 
 DEFAULT_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7)
 DEFAULT_BOOSTS = (0.5, 1.0, 1.5, 2.0, 3.0)
@@ -106,13 +106,13 @@ def encode(backend: Backend, samples: FloatArray, block: int) -> EncodedFile:
 
 
 def search(
-    backend: Backend, keywords: KeywordSet, options: SearchOptions, encoded: EncodedFile
+    spotter: KeywordSpotter, keywords: KeywordSet, encoded: EncodedFile
 ) -> tuple[Spotted, ...]:
     """Re-run only the keyword search over cached encoder output."""
-    runner = KeywordSearch(backend, keywords, options)
+    stream = spotter.create_stream(keywords)
     found: list[Spotted] = []
     for chunk, ready in zip(encoded.chunks, encoded.ready_at, strict=True):
-        for d in runner.step(chunk):
+        for d in stream.accept_encoder_frames(chunk):
             found.append(Spotted(d.keyword, d.phrase, d.start, d.end, d.score, ready))
     return tuple(found)
 

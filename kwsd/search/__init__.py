@@ -2,5 +2,14 @@
 
 from kwsd.search.beam import KeywordSearch, SearchOptions
 from kwsd.search.graph import ContextGraph, GraphEntry
+from kwsd.search.shared import DecoderCache, GraphCache, build_graph
 
-__all__ = ["ContextGraph", "GraphEntry", "KeywordSearch", "SearchOptions"]
+__all__ = [
+    "ContextGraph",
+    "DecoderCache",
+    "GraphCache",
+    "GraphEntry",
+    "KeywordSearch",
+    "SearchOptions",
+    "build_graph",
+]

@@ -9,6 +9,7 @@ were confidently recognised (mean probability ≥ threshold).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,21 +17,39 @@ import numpy as np
 from kwsd.backends.base import Backend, FloatArray
 from kwsd.detection import Detection
 from kwsd.keywords import KeywordSet
-from kwsd.search.graph import ContextGraph, GraphEntry, Node
+from kwsd.search.graph import ContextGraph, Node
+from kwsd.search.shared import DecoderCache, build_graph
 
 UNK_ID = 2
-# Decoder outputs kept per context. Contexts are pairs of token ids, so even 2,000
-# keywords touch a few thousand; the bound only protects very long runs.
-DECODER_CACHE_LIMIT = 50_000
+
+GraphSource = Callable[[KeywordSet], ContextGraph]
 
 
 @dataclass(frozen=True, slots=True)
 class SearchOptions:
-    """Search knobs; None means "the model's default" (ModelDefaults)."""
+    """Search knobs; None means "the model's default" (`ModelDefaults`).
 
-    beam: int = 4
-    num_trailing_blanks: int | None = None
-    auto_reset_seconds: float | None = None
+    `threshold` and `boost` are the defaults for keywords that do not set their own
+    (`#0.3` / `:2.0` in a keyword line); they apply when a keyword list is compiled.
+    """
+
+    beam: int = 4  # paths kept per frame (sherpa-onnx: max_active_paths)
+    num_trailing_blanks: int | None = None  # blank frames after a keyword before it fires
+    auto_reset_seconds: float | None = None  # silence after which partial matches are dropped
+    threshold: float | None = None  # mean token probability a keyword needs, 0 < t <= 1
+    boost: float | None = None  # bonus per matched keyword token, 0..10
+
+    def __post_init__(self) -> None:
+        if self.beam < 1:
+            raise ValueError(f"beam must be at least 1, not {self.beam}")
+        if self.num_trailing_blanks is not None and self.num_trailing_blanks < 0:
+            raise ValueError("num_trailing_blanks must not be negative")
+        if self.auto_reset_seconds is not None and self.auto_reset_seconds <= 0:
+            raise ValueError("auto_reset_seconds must be above 0")
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold {self.threshold} is outside 0 < threshold <= 1")
+        if self.boost is not None and not 0.0 <= self.boost <= 10.0:
+            raise ValueError(f"boost {self.boost} is outside 0..10")
 
 
 @dataclass(slots=True)
@@ -48,20 +67,23 @@ def _log_add(a: float, b: float) -> float:
     return hi + float(np.log1p(np.exp(lo - hi)))
 
 
-def _build_graph(keywords: KeywordSet) -> ContextGraph:
-    return ContextGraph(
-        GraphEntry(ids, kw.boost, kw.threshold, index, pieces)
-        for index, kw in enumerate(keywords.keywords)
-        for ids, pieces in zip(kw.token_ids, kw.sequences, strict=True)
-    )
-
-
 class KeywordSearch:
-    """One stream's search state; the backend and keyword set may be shared."""
+    """One stream's search state.
 
-    def __init__(self, backend: Backend, keywords: KeywordSet, options: SearchOptions) -> None:
-        if options.beam < 1:
-            raise ValueError("beam must be at least 1")
+    The backend, the keyword set, its graph (`graphs` builds or looks one up) and the
+    decoder cache may all be shared with other streams: `KeywordSpotter` passes its
+    own `GraphCache` and `DecoderCache`. Alone, a search builds and caches its own.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        keywords: KeywordSet,
+        options: SearchOptions,
+        *,
+        graphs: GraphSource = build_graph,
+        decoder: DecoderCache | None = None,
+    ) -> None:
         self.backend = backend
         self.options = options
         defaults = backend.defaults
@@ -81,33 +103,29 @@ class KeywordSearch:
         self._context = backend.context_size
         # The decoder context of a path with no tokens yet: "none" padding, then blank.
         self._empty_ys = (-1,) * (self._context - 1) + (self._blank,)
-        self._dec_cache: dict[tuple[int, ...], FloatArray] = {}
+        self.decoder = decoder if decoder is not None else DecoderCache(backend)
+        self._graphs = graphs
         self.frame = 0  # absolute encoder frame index of the next frame
-        self.keywords, self.graph = keywords, _build_graph(keywords)
+        self.keywords, self.graph = keywords, graphs(keywords)
         self._pending: tuple[KeywordSet, ContextGraph] | None = None
         self.reset()
 
     # -- keyword list -------------------------------------------------------------
     def set_keywords(self, keywords: KeywordSet) -> None:
         """Swap the keyword list; callers on other threads get it at the next frame."""
-        self._pending = (keywords, _build_graph(keywords))
+        self._pending = (keywords, self._graphs(keywords))
+
+    @property
+    def latest_keywords(self) -> KeywordSet:
+        """The list in effect at the next frame: a pending `set_keywords` included."""
+        pending = self._pending
+        return pending[0] if pending is not None else self.keywords
 
     def reset(self) -> None:
         """Forget partial matches (not stream time)."""
         self._hyps: list[_Hyp] = [_Hyp(ys=self._empty_ys, log_prob=0.0, state=self.graph.root)]
 
     # -- decoding -----------------------------------------------------------------
-    def _decoder_out(self, hyps: list[_Hyp]) -> FloatArray:
-        contexts = [h.ys[-self._context :] for h in hyps]
-        missing = list({c for c in contexts if c not in self._dec_cache})
-        if missing:
-            if len(self._dec_cache) > DECODER_CACHE_LIMIT:
-                self._dec_cache.clear()
-            out = self.backend.decode(np.array(missing, dtype=np.int64))
-            for ctx, row in zip(missing, out, strict=True):
-                self._dec_cache[ctx] = row
-        return np.stack([self._dec_cache[c] for c in contexts])
-
     def step(self, enc: FloatArray) -> list[Detection]:
         """Search a block of encoder frames [n, joiner_dim]; returns detections."""
         detections: list[Detection] = []
@@ -125,7 +143,7 @@ class KeywordSearch:
 
     def _step_frame(self, enc_row: FloatArray) -> Detection | None:
         hyps = self._hyps
-        dec = self._decoder_out(hyps)
+        dec = self.decoder.rows([h.ys[-self._context :] for h in hyps])
         logits = self.backend.join(np.broadcast_to(enc_row, dec.shape).copy(), dec)
         logits = logits - logits.max(axis=1, keepdims=True)
         log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))

@@ -1,12 +1,13 @@
 """The Wyoming wake-word server: one asyncio task per connection, one stream per task.
 
 Home Assistant opens a connection per pipeline run and streams microphone audio into
-it; several satellites may do so at once. All connections share the one loaded
-Backend (ONNX Runtime sessions are safe to run from several threads) while each owns
-its features, encoder state and search, so one client's audio never leaks into
-another's results. Decoding runs in worker threads so the event loop keeps serving
-the others, and a client that breaks the protocol gets an `error` event and loses
-only its own connection.
+it; several satellites may do so at once. All connections share the one
+`KeywordSpotter` (its model, and the keyword graph of equal keyword lists; ONNX
+Runtime sessions are safe to run from several threads) while each audio stream is a
+`KeywordStream` of its own, so one client's audio never leaks into another's results.
+Decoding runs in worker threads so the event loop keeps serving the others, and a
+client that breaks the protocol gets an `error` event and loses only its own
+connection.
 """
 
 from __future__ import annotations
@@ -18,18 +19,18 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
 import structlog
 
-from kwsd.backends.base import Backend, FloatArray
+from kwsd.backends.base import FloatArray
 from kwsd.detection import Detection
-from kwsd.engine import Spotter
+from kwsd.engine import KeywordStream
 from kwsd.errors import ConfigError
 from kwsd.gate import DetectionGate, Verdict
 from kwsd.keywords import Keyword, KeywordSet
 from kwsd.mute import MuteState
-from kwsd.search import SearchOptions
+from kwsd.spotter import KeywordSpotter
 from kwsd.wyoming.audio import AUDIO_CHUNK, AUDIO_START, AUDIO_STOP, AudioFormat, PcmConverter
 from kwsd.wyoming.event import (
     MAX_DATA_BYTES,
@@ -58,15 +59,6 @@ DEFAULT_URI: Final = "tcp://0.0.0.0:10400"
 _TCP_URI: Final = re.compile(r"tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d{1,5})")
 
 
-class StreamSpotter(Protocol):
-    """What a connection needs from the decoding core (kwsd.engine.Spotter)."""
-
-    def accept_waveform(self, samples: FloatArray) -> list[Detection]: ...
-
-    def finish(self) -> list[Detection]: ...
-
-
-SpotterFactory = Callable[[KeywordSet], StreamSpotter]
 DetectionHook = Callable[[Detection], None]
 
 
@@ -102,8 +94,8 @@ class WyomingServer:
 
     def __init__(
         self,
+        spotter: KeywordSpotter,
         keywords: Callable[[], KeywordSet],
-        spotter_factory: SpotterFactory,
         *,
         version: str,
         refractory_seconds: float = 1.0,
@@ -112,8 +104,8 @@ class WyomingServer:
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         max_data_bytes: int = MAX_DATA_BYTES,
     ) -> None:
+        self.spotter = spotter
         self.keywords = keywords
-        self.spotter_factory = spotter_factory
         self.version = version
         self.refractory_seconds = refractory_seconds
         self.mute = mute
@@ -124,32 +116,6 @@ class WyomingServer:
         self._sessions: set[asyncio.Task[None]] = set()
         self.address: str | None = None
         self.connections = 0  # served so far (metrics)
-
-    @classmethod
-    def for_backend(
-        cls,
-        backend: Backend,
-        keywords: Callable[[], KeywordSet],
-        options: SearchOptions,
-        *,
-        version: str,
-        refractory_seconds: float = 1.0,
-        mute: MuteState | None = None,
-        on_detection: DetectionHook | None = None,
-    ) -> WyomingServer:
-        """A server whose streams run `kwsd.engine.Spotter` on a shared backend."""
-
-        def factory(keyword_set: KeywordSet) -> StreamSpotter:
-            return Spotter(backend, keyword_set, options)
-
-        return cls(
-            keywords,
-            factory,
-            version=version,
-            refractory_seconds=refractory_seconds,
-            mute=mute,
-            on_detection=on_detection,
-        )
 
     # -------------------------------------------------------------- lifecycle
 
@@ -223,9 +189,9 @@ class WyomingServer:
 
 @dataclasses.dataclass
 class _Stream:
-    """One audio-start..audio-stop: its own spotter, converter and detection gate."""
+    """One audio-start..audio-stop: its own keyword stream, converter and detection gate."""
 
-    spotter: StreamSpotter
+    detector: KeywordStream
     converter: PcmConverter
     gate: DetectionGate  # the server's shared mute, this stream's refractory history
     start_ms: int  # the client's timestamp of audio-start (0 when it sent none)
@@ -311,7 +277,7 @@ class _Session:
         stamp = data.get("timestamp")
         start_ms = stamp if isinstance(stamp, int) and not isinstance(stamp, bool) else 0
         return _Stream(
-            spotter=self.server.spotter_factory(self._keyword_set()),
+            detector=self.server.spotter.create_stream(self._keyword_set()),
             converter=PcmConverter(fmt),
             gate=DetectionGate(self.server.mute, self.server.refractory_seconds),
             start_ms=start_ms,
@@ -339,11 +305,11 @@ class _Session:
             await write_event(self.writer, not_detected_event())
 
     async def _decode(self, stream: _Stream, samples: FloatArray, *, final: bool = False) -> None:
-        spotter = stream.spotter
+        detector = stream.detector
 
         def work() -> list[Detection]:
-            found = spotter.accept_waveform(samples) if len(samples) else []
-            return found + spotter.finish() if final else found
+            found = detector.accept(samples) if len(samples) else []
+            return found + detector.finish() if final else found
 
         if not len(samples) and not final:
             return
