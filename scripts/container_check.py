@@ -23,7 +23,6 @@ running this script, which may be another version.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
@@ -33,16 +32,16 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# The Wyoming client and the stand-in Supervisor are shared with the tests.
+sys.path.insert(0, str(ROOT / "tests"))
 SPEECH_TEXT = "hey computer, turn on the lights"
 EXPECTED_KEYWORD = "HEY COMPUTER"
 RUN_FLAGS = [
@@ -205,8 +204,14 @@ class Container:
         return int(state.stdout.strip())
 
     def healthcheck(self) -> tuple[int, str]:
+        """Run the image's HEALTHCHECK now; (exit code, the probe's own line)."""
         result = podman("healthcheck", "run", self.name, check=False, timeout=60)
-        return result.returncode, (result.stdout + result.stderr).strip()
+        state = podman("inspect", "--format", "{{json .State.Health}}", self.name, check=False)
+        try:
+            output = str(json.loads(state.stdout)["Log"][-1]["Output"]).strip()
+        except (ValueError, KeyError, IndexError, TypeError):
+            output = (result.stdout + result.stderr).strip()
+        return result.returncode, output
 
     def exec(self, *command: str) -> str:
         return podman("exec", self.name, *command).stdout.strip()
@@ -329,124 +334,18 @@ class Subscriber:
         self.client.disconnect()
 
 
-class StandInSupervisor:
-    """The two Supervisor endpoints the add-on calls, on a free loopback port."""
-
-    def __init__(self, mqtt_port: int) -> None:
-        self.discovery: list[dict[str, Any]] = []
-        self.mqtt_requests = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _reply(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _authorised(self) -> bool:
-                if self.headers.get("Authorization") == f"Bearer {SUPERVISOR_TOKEN}":
-                    return True
-                self._reply(401, {"result": "error", "message": "bad token"})
-                return False
-
-            def do_GET(self) -> None:
-                if not self._authorised():
-                    return
-                if self.path == "/services/mqtt":
-                    outer.mqtt_requests += 1
-                    self._reply(200, {"result": "ok", "data": {
-                        "addon": "core_mosquitto", "host": "127.0.0.1", "port": mqtt_port,
-                        "ssl": False, "protocol": "3.1.1", "username": "addons",
-                        "password": "stand-in",
-                    }})  # fmt: skip
-                else:
-                    self._reply(404, {"result": "error", "message": "not found"})
-
-            def do_POST(self) -> None:
-                if not self._authorised():
-                    return
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if self.path == "/discovery":
-                    outer.discovery.append(body)
-                    self._reply(200, {"result": "ok", "data": {"uuid": "check"}})
-                else:
-                    self._reply(404, {"result": "error", "message": "not found"})
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 # --------------------------------------------------------------------------------------
 # Wyoming client
 # --------------------------------------------------------------------------------------
 
 
-async def _wyoming_ready(port: int, container: Container, within: float) -> list[str]:
-    from wyoming.client import AsyncTcpClient
-    from wyoming.info import Describe, Info
-
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            async with AsyncTcpClient("127.0.0.1", port) as client:
-                await client.write_event(Describe().event())
-                event = await asyncio.wait_for(client.read_event(), 5)
-                if event is not None and Info.is_type(event.type):
-                    info = Info.from_event(event)
-                    return [m.name for w in info.wake for m in w.models]
-        except (TimeoutError, OSError, asyncio.IncompleteReadError):
-            pass
-        if not container.running():
-            raise CheckFailedError(f"{container.name} exited:\n{container.logs()}")
-        await asyncio.sleep(0.5)
-    raise CheckFailedError(
-        f"no Wyoming server on port {port} within {within:.0f} s:\n{container.logs()}"
-    )
-
-
-async def _wyoming_detect(port: int, speech: Path) -> str | None:
-    from wyoming.audio import AudioChunk, AudioStart, AudioStop
-    from wyoming.client import AsyncTcpClient
-    from wyoming.wake import Detect, Detection, NotDetected
-
-    with wave.open(str(speech), "rb") as wav:
-        rate, width, channels = wav.getframerate(), wav.getsampwidth(), wav.getnchannels()
-        pcm = wav.readframes(wav.getnframes())
-    async with AsyncTcpClient("127.0.0.1", port) as client:
-        await client.write_event(Detect().event())
-        await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
-        step = rate * width * channels // 10  # 100 ms chunks, as a satellite sends them
-        for offset in range(0, len(pcm), step):
-            chunk = AudioChunk(rate=rate, width=width, channels=channels,
-                               audio=pcm[offset:offset + step])  # fmt: skip
-            await client.write_event(chunk.event())
-        await client.write_event(AudioStop().event())
-        while True:
-            event = await asyncio.wait_for(client.read_event(), 30)
-            if event is None:
-                return None
-            if Detection.is_type(event.type):
-                return Detection.from_event(event).name
-            if NotDetected.is_type(event.type):
-                return None
-
-
 def wyoming_detection(port: int, speech: Path, container: Container, timeout: float) -> str:
-    models = asyncio.run(_wyoming_ready(port, container, timeout))
+    from deploy_support import wyoming_detection as detect
+    from deploy_support import wyoming_models
+
+    models = wyoming_models(port, container.running, container.logs, timeout)
     say(f"  Wyoming server answers describe: wake models {models}")
-    name = asyncio.run(_wyoming_detect(port, speech))
+    name = detect(port, speech)
     if name != EXPECTED_KEYWORD:
         raise CheckFailedError(f"Wyoming: expected a detection of {EXPECTED_KEYWORD}, got {name!r}")
     return name
@@ -474,10 +373,13 @@ def check_wyoming(containers: Containers, image: str, assets: Path, speech: Path
     compilers = container.exec("sh", "-c", "command -v gcc cc c++ make pip pip3 || true")
     if compilers:
         raise CheckFailedError(f"the image holds build tools: {compilers}")
+    models = container.exec("kwsd", "models", "list")
+    if "models directory: /data/kwsd/models" not in models:
+        raise CheckFailedError(f"models do not go to the /data volume:\n{models}")
     code, output = container.healthcheck()
     if code != 0:
         raise CheckFailedError(f"HEALTHCHECK failed: {output}\n{container.logs()}")
-    say(f"  user uid {uid}, no compilers or pip, HEALTHCHECK (Wyoming ping): {output}")
+    say(f"  uid {uid}, no compilers or pip, models in /data/kwsd/models, HEALTHCHECK: {output}")
 
 
 def check_run_mqtt(
@@ -532,10 +434,14 @@ def check_addon(
     containers: Containers, addon_image: str, assets: Path, speech: Path, work: Path
 ) -> None:
     say("3/3 Home Assistant add-on: options → kwsd config, Supervisor discovery, bad options")
+    from supervisor_standin import SUPERVISOR_TOKEN, StandInSupervisor
+
     data = work / "addon-data"
     data.mkdir()
     with mosquitto(work) as mqtt_port:
-        supervisor = StandInSupervisor(mqtt_port)
+        broker = {"host": "127.0.0.1", "port": mqtt_port, "ssl": False, "protocol": "3.1.1",
+                  "username": "addons", "password": "stand-in"}  # fmt: skip
+        supervisor = StandInSupervisor(broker)
         try:
             port = free_port()
             flags = (

@@ -57,10 +57,16 @@ class OptionsError(Exception):
 class AddonKeyword(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    phrase: str = Field(min_length=1)
-    threshold: float | None = Field(default=None, gt=0.0, le=1.0)
-    boost: float | None = Field(default=None, ge=0.0, le=10.0)
-    display: str | None = None
+    phrase: str = Field(min_length=1, description='the words to spot, e.g. "HEY COMPUTER"')
+    threshold: float | None = Field(
+        default=None, gt=0.0, le=1.0,
+        description="how sure the model must be, above 0 up to 1; higher means fewer false alarms",
+    )  # fmt: skip
+    boost: float | None = Field(
+        default=None, ge=0.0, le=10.0,
+        description="how strongly the search favours the phrase, 0 to 10; higher finds more",
+    )  # fmt: skip
+    display: str | None = Field(default=None, description="the name shown in Home Assistant")
 
     @field_validator("phrase")
     @classmethod
@@ -81,10 +87,19 @@ class AddonOptions(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    keywords: list[AddonKeyword] = Field(min_length=1)
-    threshold: float | None = Field(default=None, gt=0.0, le=1.0)
-    boost: float | None = Field(default=None, ge=0.0, le=10.0)
-    refractory_seconds: float | None = Field(default=None, ge=0.0, le=60.0)
+    keywords: list[AddonKeyword] = Field(
+        min_length=1, description="at least one entry with a `phrase`"
+    )
+    threshold: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="the default threshold, above 0 up to 1"
+    )
+    boost: float | None = Field(
+        default=None, ge=0.0, le=10.0, description="the default boost, 0 to 10"
+    )
+    refractory_seconds: float | None = Field(
+        default=None, ge=0.0, le=60.0,
+        description="seconds a keyword stays quiet after it fired, 0 to 60",
+    )  # fmt: skip
     wyoming: bool = True
     microphone: bool = False
     audio_device: str | None = None
@@ -94,7 +109,10 @@ class AddonOptions(BaseModel):
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     ha_discovery: bool = True
-    site_id: str | None = Field(default=None, pattern=r"^[a-z0-9_-]{1,64}$")
+    site_id: str | None = Field(
+        default=None, pattern=r"^[a-z0-9_-]{1,64}$",
+        description="1-64 lowercase letters, digits, _ and -, e.g. kitchen",
+    )  # fmt: skip
     log_level: LogLevel = "info"
 
     @field_validator("audio_device", "mqtt_host", "mqtt_username", "mqtt_password", "site_id",
@@ -140,12 +158,30 @@ def _explain(exc: ValidationError) -> str:
         loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
         name = loc.lstrip(".") or "options"
         reason = str(error["msg"]).removeprefix("Value error, ")
+        about = _description(error["loc"])
+        hint = f" ({name.rsplit('.', 1)[-1]}: {about})" if about else ""
         if error["type"] == "missing":
-            problems.append(f"option `{name}` is required")
+            problems.append(f"option `{name}` is required{hint}")
             continue
         shown = "***" if "password" in name else json.dumps(error.get("input"))
-        problems.append(f"option `{name}` = {shown} is invalid: {reason}")
+        problems.append(f"option `{name}` = {shown} is invalid: {reason}{hint}")
     return "; ".join(problems)
+
+
+def _description(loc: tuple[int | str, ...]) -> str | None:
+    """What the option at `loc` is, from the models' field descriptions."""
+    names = [p for p in loc if isinstance(p, str)]
+    model: type[BaseModel] = AddonOptions
+    for position, name in enumerate(names):
+        field = model.model_fields.get(name)
+        if field is None:
+            return None
+        if position == len(names) - 1:
+            return field.description
+        if name != "keywords":
+            return None
+        model = AddonKeyword
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -293,7 +329,6 @@ def prepare(text: str, source: str, paths: AddonPaths, supervisor: Supervisor) -
     """
     from kwsd.config import load_settings
     from kwsd.model.loaded import load_model
-    from kwsd.registry import config_keywords
 
     options = parse_options(text, source)
     command = options.command
@@ -312,7 +347,7 @@ def prepare(text: str, source: str, paths: AddonPaths, supervisor: Supervisor) -
     write_config(kwsd_config(options, paths, broker), paths, broker)
     try:
         settings = load_settings(paths.config)
-        specs = list(config_keywords(settings).specs)
+        specs = list(settings.keywords.items)  # the add-on's config has no keywords file
         model = load_model(settings)
         model.compile(specs, boost=settings.search.boost, threshold=settings.search.threshold)
     except (ConfigError, KeywordError) as exc:
@@ -364,9 +399,9 @@ def _prepare_with_fallback(paths: AddonPaths, supervisor: Supervisor) -> Prepare
         else:
             save_last_good(text, paths)
             return prepared
-    _log("error", f"the add-on options are invalid: {problem}")
     if not paths.last_good.is_file():
         raise OptionsError(f"the add-on options are invalid: {problem}")
+    _log("error", f"the add-on options are invalid: {problem}")
     saved = datetime.fromtimestamp(paths.last_good.stat().st_mtime, UTC).strftime(
         "%Y-%m-%d %H:%M UTC"
     )
