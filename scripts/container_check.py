@@ -151,7 +151,11 @@ def build_wheelhouse(dest: Path) -> None:
             *(f"--platform={p}" for p in platforms),
             "-d", str(work / "wheels"), "-r", str(work / "requirements.txt"),
         ]  # fmt: skip
-        subprocess.run(command, check=True)
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            noise = "is ignored: it is neither a file nor a directory"
+            errors = [line for line in result.stderr.splitlines() if noise not in line]
+            raise CheckFailedError("pip download failed:\n" + "\n".join(errors[-30:]))
         wheels = sorted((work / "wheels").glob("*.whl"))
         if len(wheels) != len(requirements):
             raise CheckFailedError(
@@ -391,7 +395,7 @@ def check_run_mqtt(
         try:
             container = containers.run(
                 image, "run", "--network", "host",
-                "--volume", f"{ROOT / 'deploy/compose/config.toml'}:/config/config.toml:ro",
+                "--volume", f"{ROOT / 'deploy/compose/kwsd'}:/config:ro",
                 "--volume", f"{assets}:/assets:ro", "--env", "KWSD_ASSETS=/assets",
                 "--volume", f"{speech}:/audio/speech.wav:ro",
                 "--env", "KWSD_MQTT__HOST=127.0.0.1", "--env", f"KWSD_MQTT__PORT={port}",

@@ -76,7 +76,7 @@ def test_compose_runs_kwsd_with_mosquitto_and_a_config_that_reaches_them() -> No
     assert "10400:10400" in kwsd["ports"]
     mounts = {v.split(":")[1]: v.split(":")[0] for v in kwsd["volumes"]}
     assert mounts["/data"] == "kwsd-data"
-    config_path = REPO / mounts["/config/config.toml"]
+    config_path = REPO / mounts["/config"] / "config.toml"
     settings = load_settings(config_path)
     assert settings.mqtt.host == "mosquitto" and settings.mqtt.host in compose["services"]
     assert settings.mqtt.port == 1883 and "1883:1883" in broker["ports"]
@@ -84,8 +84,8 @@ def test_compose_runs_kwsd_with_mosquitto_and_a_config_that_reaches_them() -> No
     assert settings.wyoming.enabled and settings.wyoming.uri.endswith(":10400")
     assert settings.keywords.items
     mosquitto_conf = REPO / next(
-        v.split(":")[0] for v in broker["volumes"] if "mosquitto.conf" in v
-    )
+        v.split(":")[0] for v in broker["volumes"] if v.split(":")[1] == "/mosquitto/config"
+    ) / "mosquitto.conf"
     assert "listener 1883" in mosquitto_conf.read_text()
 
 
