@@ -83,9 +83,11 @@ def test_compose_runs_kwsd_with_mosquitto_and_a_config_that_reaches_them() -> No
     assert settings.homeassistant.discovery
     assert settings.wyoming.enabled and settings.wyoming.uri.endswith(":10400")
     assert settings.keywords.items
-    mosquitto_conf = REPO / next(
-        v.split(":")[0] for v in broker["volumes"] if v.split(":")[1] == "/mosquitto/config"
-    ) / "mosquitto.conf"
+    mosquitto_conf = (
+        REPO
+        / next(v.split(":")[0] for v in broker["volumes"] if v.split(":")[1] == "/mosquitto/config")
+        / "mosquitto.conf"
+    )
     assert "listener 1883" in mosquitto_conf.read_text()
 
 
