@@ -225,15 +225,12 @@ class Container:
         return self.exit_code()
 
     def wait_for_log(self, text: str, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            logs = self.logs()
-            if text in logs:
-                return logs
-            if not self.running():
-                raise CheckFailedError(f"{self.name} exited before logging {text!r}:\n{logs}")
-            time.sleep(0.5)
-        raise CheckFailedError(f"{self.name} did not log {text!r} within {timeout:.0f} s")
+        from deploy_support import wait_for_text
+
+        try:
+            return wait_for_text(text, self.logs, self.running, timeout)
+        except AssertionError as exc:
+            raise CheckFailedError(f"{self.name}: {exc}") from None
 
 
 class Containers:

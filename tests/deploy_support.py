@@ -114,15 +114,7 @@ class KwsdProcess:
         return self.process.poll() is None
 
     def wait_for_log(self, text: str, within: float = 60.0) -> str:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            log = self.log
-            if text in log:
-                return log
-            if not self.running():
-                raise AssertionError(f"exited ({self.process.returncode}) before {text!r}:\n{log}")
-            time.sleep(0.1)
-        raise AssertionError(f"no {text!r} within {within} s:\n{self.log}")
+        return wait_for_text(text, lambda: self.log, self.running, within)
 
     def stop(self, within: float = 10.0) -> int:
         if self.running():
@@ -137,6 +129,21 @@ class KwsdProcess:
             self.process.kill()
             self.process.wait()
         self._log.close()
+
+
+def wait_for_text(
+    text: str, logs: Callable[[], str], alive: Callable[[], bool], within: float
+) -> str:
+    """The logs once they hold `text`; AssertionError if the process exits or time runs out."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        log = logs()
+        if text in log:
+            return log
+        if not alive():
+            raise AssertionError(f"the process exited before logging {text!r}:\n{log}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {text!r} logged within {within:.0f} s:\n{logs()}")
 
 
 async def _describe(port: int) -> list[str] | None:

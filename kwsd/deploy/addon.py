@@ -382,7 +382,11 @@ def run_addon(paths: AddonPaths, supervisor: Supervisor) -> int:
             return hold_in_error_state(str(exc))
         break
     _log("info", f"starting `kwsd {prepared.command}` with {paths.config}")
-    return start([prepared.command, "--config", str(paths.config)], announce_wyoming=True)
+    return start(
+        [prepared.command, "--config", str(paths.config)],
+        announce_wyoming=True,
+        model_checked=True,
+    )
 
 
 def _prepare_with_fallback(paths: AddonPaths, supervisor: Supervisor) -> Prepared:

@@ -104,19 +104,14 @@ def _volume_hint(path: Path, what: str, reason: str) -> str:
 
 
 def ensure_model(settings: Settings) -> None:
-    """Resolve the model as the daemon will; this downloads it on the first start."""
-    from kwsd.model.resolve import resolve_model
+    """Load the model as the daemon will: this downloads it on the first start.
 
-    model = settings.model
-    resolve_model(
-        model.dir,
-        backend=model.backend,
-        precision=model.precision,
-        allow_download=model.allow_download,
-        assets=settings.assets,
-        onnx_url=model.onnx_url,
-        coreml_repo=model.coreml_repo,
-    )
+    Loading (not only locating) it also proves the files open before kwsd replaces this
+    process; the memory is released by the exec.
+    """
+    from kwsd.model.loaded import load_model
+
+    load_model(settings)
 
 
 def local_address(uri_host: str) -> str:
@@ -190,8 +185,13 @@ def spawn_detached(argv: Sequence[str]) -> None:
     subprocess.run(["sh", "-c", '"$@" </dev/null &', "sh", *argv], check=True)
 
 
-def start(args: Sequence[str], *, announce_wyoming: bool = False) -> int:
-    """Prepare and exec the command; returns only when it cannot start (an exit code)."""
+def start(
+    args: Sequence[str], *, announce_wyoming: bool = False, model_checked: bool = False
+) -> int:
+    """Prepare and exec the command; returns only when it cannot start (an exit code).
+
+    `model_checked`: the caller (the add-on) has just loaded the model with these settings.
+    """
     plan = plan_start(args, os.environ)
     if not plan.is_kwsd:
         os.execvp(plan.argv[0], list(plan.argv))
@@ -206,7 +206,8 @@ def start(args: Sequence[str], *, announce_wyoming: bool = False) -> int:
             ensure_writable(Path(settings.data_dir), "data_dir, kwsd's state")
             if settings.assets is None and settings.model.dir is None:
                 ensure_writable(default_models_dir(), "the models directory")
-            ensure_model(settings)
+            if not model_checked:
+                ensure_model(settings)
         except KwsdError as exc:
             print(f"kwsd: error: {exc}", file=sys.stderr)
             return int(exc.exit_code)
