@@ -50,7 +50,15 @@ class StdinSource:
         if self.channels < 1:
             raise AudioError(f"stdin channel count must be >= 1, not {self.channels}")
         check_channel(self.options.channel, self.channels, "stdin audio")
-        self._stream = stream if stream is not None else sys.stdin.buffer
+        # The raw, unbuffered fd rather than sys.stdin.buffer: a reader thread blocked in
+        # BufferedReader.read holds its lock, and the interpreter aborts ("could not acquire
+        # lock for <stdin> at interpreter shutdown") when it exits during that read, e.g.
+        # on SIGTERM while `arecord | kwsd run` is running.
+        self._stream = (
+            stream
+            if stream is not None
+            else open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115
+        )
         if stream is None and sys.stdin.isatty():
             raise AudioError(
                 "audio.source = stdin but stdin is a terminal; pipe raw audio in, e.g. "

@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kwsd.cli.devices",
     "kwsd.cli.eval",
     "kwsd.cli.wyoming",
+    "kwsd.cli.container",
 )
 
 
