@@ -328,7 +328,7 @@ def prepare(text: str, source: str, paths: AddonPaths, supervisor: Supervisor) -
     not the options' fault.
     """
     from kwsd.config import load_settings
-    from kwsd.model.loaded import load_model
+    from kwsd.spotter import KeywordSpotter
 
     options = parse_options(text, source)
     command = options.command
@@ -348,8 +348,10 @@ def prepare(text: str, source: str, paths: AddonPaths, supervisor: Supervisor) -
     try:
         settings = load_settings(paths.config)
         specs = list(settings.keywords.items)  # the add-on's config has no keywords file
-        model = load_model(settings)
-        model.compile(specs, boost=settings.search.boost, threshold=settings.search.threshold)
+        spotter = KeywordSpotter.from_config(
+            settings.model, settings.search, assets=settings.assets
+        )
+        spotter.compile(specs)
     except (ConfigError, KeywordError) as exc:
         raise OptionsError(str(exc)) from None
     return Prepared(command, options)

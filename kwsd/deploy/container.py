@@ -109,9 +109,9 @@ def ensure_model(settings: Settings) -> None:
     Loading (not only locating) it also proves the files open before kwsd replaces this
     process; the memory is released by the exec.
     """
-    from kwsd.model.loaded import load_model
+    from kwsd.spotter import KeywordSpotter
 
-    load_model(settings)
+    KeywordSpotter.from_config(settings.model, settings.search, assets=settings.assets)
 
 
 def local_address(uri_host: str) -> str:
