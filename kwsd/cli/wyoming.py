@@ -20,7 +20,9 @@ from kwsd.cli.common import (
     search_options,
     settings_for,
 )
+from kwsd.wyoming.limits import ConnectionLimits
 from kwsd.wyoming.server import WyomingServer, parse_uri
+from kwsd.wyoming.zeroconf import ZeroconfAnnouncer
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,6 +39,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(default: wyoming.uri, tcp://0.0.0.0:10400)",
     )
     p.add_argument(
+        "--zeroconf",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="announce the server on the local network so Home Assistant discovers it "
+        "(default: wyoming.zeroconf, on)",
+    )
+    p.add_argument(
         "--refractory",
         type=float,
         metavar="SECONDS",
@@ -48,7 +57,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = settings_for(args, wyoming__uri=args.uri, search__refractory_seconds=args.refractory)
+    settings = settings_for(
+        args,
+        wyoming__uri=args.uri,
+        wyoming__zeroconf=args.zeroconf,
+        search__refractory_seconds=args.refractory,
+    )
     parse_uri(settings.wyoming.uri)  # a bad uri fails before the model loads
     settings, model, keywords = load_model_and_keywords(
         args,
@@ -63,13 +77,17 @@ def _run(args: argparse.Namespace) -> int:
         search_options(settings),
         version=__version__,
         refractory_seconds=settings.search.refractory_seconds,
+        limits=ConnectionLimits.from_settings(settings.wyoming),
     )
-    asyncio.run(_serve(server, settings.wyoming.uri))
+    announcer = ZeroconfAnnouncer.from_settings(settings.wyoming, version=__version__)
+    asyncio.run(_serve(server, settings.wyoming.uri, announcer))
     return 0
 
 
-async def _serve(server: WyomingServer, uri: str) -> None:
+async def _serve(server: WyomingServer, uri: str, announcer: ZeroconfAnnouncer | None) -> None:
     await server.start(uri)
+    if announcer is not None and server.bound is not None:
+        announcer.start(server.bound)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -82,4 +100,6 @@ async def _serve(server: WyomingServer, uri: str) -> None:
         serving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await serving
+        if announcer is not None:
+            await announcer.close()
         await server.close()
