@@ -159,5 +159,5 @@ async def test_reader_gives_up_on_announced_bytes_that_never_arrive() -> None:
     reader = asyncio.StreamReader()
     reader.feed_data(b'{"type": "audio-chunk", "payload_length": 100}\n' + b"\x00" * 10)
     events = EventReader(reader, message_timeout=0.05)  # the peer stays connected, silent
-    with pytest.raises(ProtocolError, match="complete within 0.05 s"):
+    with pytest.raises(ProtocolError, match=r"complete within 0\.05 s"):
         await events.read()
