@@ -230,6 +230,16 @@ async def test_unknown_name_is_an_error_that_keeps_the_connection(
         assert detection_names(await answers(client)) == ["hey_computer"]
 
 
+async def test_known_names_beside_an_unknown_one_are_spotted_without_an_error(
+    serve: ServerFactory, speech: bytes
+) -> None:
+    server = await serve()
+    async with client_for(server) as client:
+        await client.write_event(Detect(names=["nope", "HEY_COMPUTER"]).event())
+        await stream(client, speech)
+        assert detection_names(await answers(client)) == ["HEY_COMPUTER"]
+
+
 async def test_no_active_keywords_is_an_error_that_keeps_the_connection(
     serve: ServerFactory, speech: bytes
 ) -> None:

@@ -195,6 +195,7 @@ class WyomingServer:
         )
         self._acceptor = Acceptor(sockets, self._on_connection)
         self._accepting = asyncio.create_task(self._acceptor.run(), name="kwsd-wyoming-accept")
+        self._accepting.add_done_callback(_report_accept_loop_end)
         log.info("Wyoming server listening", uri=self.address, max_connections=self.capacity)
         return self.address
 
@@ -243,6 +244,15 @@ class WyomingServer:
             conn.close()
             return
         await _Session(self, reader, writer, peer).run()
+
+
+def _report_accept_loop_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "Wyoming server stopped accepting connections",
+            error=repr(task.exception()),
+            fix="restart kwsd and report this",
+        )
 
 
 @dataclasses.dataclass
@@ -335,28 +345,36 @@ class _Session:
 
     def _keyword_set(self) -> KeywordSet:
         """The active keywords the last `detect` asked for (all without one); may be empty."""
+        return self._select()[0]
+
+    def _select(self) -> tuple[KeywordSet, list[str]]:
+        """`_keyword_set()` and the requested names that match no keyword; remembers the
+        name each selected keyword's detections answer with."""
         current = self.server.keywords()
         models = wake_models(current.keywords)
         chosen, unknown = select(current.keywords, self.names, [m.keys for m in models])
-        if unknown and chosen:
-            self.log.warning("Wyoming detect names unknown wake words", unknown=unknown)
         self.replies = {(k.display, k.phrase): name for k, name in chosen}
-        return dataclasses.replace(current, keywords=tuple(k for k, _name in chosen))
+        return dataclasses.replace(current, keywords=tuple(k for k, _name in chosen)), unknown
 
     async def _can_spot(self) -> bool:
         """Whether the selection holds a keyword; if not, tell the client (once per
         `detect`) with an `error` event that names what kwsd spots. The connection stays
         open: a streamed stream then ends in `not-detected`."""
-        if self._keyword_set().keywords:
-            return True
+        selected, unknown = self._select()
+        asked = ", ".join(repr(n) for n in unknown)
         models = wake_models(self.server.keywords().keywords)
+        spots = ", ".join(m.listing for m in models)
+        if selected.keywords:
+            if unknown and self.reported != asked:
+                # Some names are fine: spot those, and only tell the log about the rest.
+                self.reported = asked
+                self.log.warning("Wyoming detect names unknown wake words", unknown=unknown)
+            return True
         if not models:
             code = "no-keywords"
             text = "kwsd has no active keywords; add some (config, keywords file or MQTT)"
         else:
             code = "unknown-wake-word"
-            spots = ", ".join(m.listing for m in models)
-            asked = ", ".join(repr(n) for n in self.names or ())
             text = f"unknown wake word {asked}; kwsd spots: {spots}"
         if text != self.reported:
             self.reported = text
