@@ -29,9 +29,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "wyoming",
         help="serve keywords as Wyoming wake words (Home Assistant Assist)",
-        description="Run a Wyoming wake-word server: Home Assistant (Settings → Devices & "
-        "services → Add integration → Wyoming Protocol, host and port of this machine) "
-        "then offers every keyword as a wake word.",
+        description="Run a Wyoming wake-word server: Home Assistant discovers it (Settings → "
+        "Devices & services → Discovered; or Add integration → Wyoming Protocol, host and "
+        "port of this machine) and then offers every keyword as a wake word.",
     )
     p.add_argument(
         "--uri",

@@ -150,9 +150,7 @@ class ZeroconfAnnouncer:
         zc, self._zeroconf = self._zeroconf, None
         if zc is None:
             return
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-                await zc.async_unregister_all_services()  # the goodbye
+        # Closing unregisters the service first: that sends the goodbye.
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
                 await zc.async_close()
