@@ -117,7 +117,6 @@ class Daemon:
         self.discovery: HomeAssistantDiscovery | None = None
         self.hermes: HermesHotword | None = None
         self.wyoming: WyomingServer | None = None
-        self.zeroconf: ZeroconfAnnouncer | None = None
         self.model: LoadedModel | None = None
         self.started = asyncio.Event()  # model loaded, tasks running
         self.reloads = 0  # reloads attempted (SIGHUP or file edits), for tests and logs
@@ -244,8 +243,8 @@ class Daemon:
                 mute=self.mute,
                 on_detection=self._on_wyoming_detection,
                 limits=ConnectionLimits.from_settings(settings.wyoming),
+                announcer=ZeroconfAnnouncer.from_settings(settings.wyoming, version=__version__),
             )
-            self.zeroconf = ZeroconfAnnouncer.from_settings(settings.wyoming, version=__version__)
         if settings.health.enabled:
             checks = [audio_check(self.heartbeat)]
             link = self.link
@@ -265,8 +264,6 @@ class Daemon:
             await self.health.start()
         if self.wyoming is not None:
             await self.wyoming.start(settings.wyoming.uri)
-            if self.zeroconf is not None and self.wyoming.bound is not None:
-                self.zeroconf.start(self.wyoming.bound)
         capture = self._spawn(self._capture(source, audio), "kwsd-capture")
         engine = self._spawn(pipeline.run(audio, self._on_detection), "kwsd-pipeline")
         link_task = self._spawn(self.link.run(), "kwsd-mqtt") if self.link else None
@@ -315,8 +312,6 @@ class Daemon:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if self.health is not None:
                 await self.health.close()
-            if self.zeroconf is not None:
-                await self.zeroconf.close()
             if self.wyoming is not None:
                 await self.wyoming.close()
         log.info("kwsd stopped", exit_code=code)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -364,6 +366,25 @@ async def test_an_idle_connection_is_closed_and_an_active_one_is_not(
         assert Error.from_event(event).code == "idle-timeout"
         assert await read(idle, within=5) is None
         assert time.monotonic() - started < 4
+
+
+def test_a_low_open_file_limit_lowers_the_cap_and_says_so() -> None:
+    """Under `ulimit -n 100` there is no room for 32 connections plus the reserve."""
+    script = (
+        "import resource, structlog.testing\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))\n"
+        "from kwsd.wyoming.limits import connection_capacity\n"
+        "with structlog.testing.capture_logs() as logs:\n"
+        "    print(connection_capacity(32), connection_capacity(8))\n"
+        "print(logs[0]['fix'] if logs else 'no warning', len(logs))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    capacities, warning = result.stdout.splitlines()
+    lowered, untouched = map(int, capacities.split())
+    assert 1 <= lowered < 32 and untouched == 8
+    assert "LimitNOFILE" in warning and warning.endswith(" 1")
 
 
 def test_repeated_warning_logs_once_then_summaries() -> None:

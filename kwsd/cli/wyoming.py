@@ -78,16 +78,14 @@ def _run(args: argparse.Namespace) -> int:
         version=__version__,
         refractory_seconds=settings.search.refractory_seconds,
         limits=ConnectionLimits.from_settings(settings.wyoming),
+        announcer=ZeroconfAnnouncer.from_settings(settings.wyoming, version=__version__),
     )
-    announcer = ZeroconfAnnouncer.from_settings(settings.wyoming, version=__version__)
-    asyncio.run(_serve(server, settings.wyoming.uri, announcer))
+    asyncio.run(_serve(server, settings.wyoming.uri))
     return 0
 
 
-async def _serve(server: WyomingServer, uri: str, announcer: ZeroconfAnnouncer | None) -> None:
+async def _serve(server: WyomingServer, uri: str) -> None:
     await server.start(uri)
-    if announcer is not None and server.bound is not None:
-        announcer.start(server.bound)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -100,6 +98,4 @@ async def _serve(server: WyomingServer, uri: str, announcer: ZeroconfAnnouncer |
         serving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await serving
-        if announcer is not None:
-            await announcer.close()
         await server.close()

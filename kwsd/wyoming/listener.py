@@ -80,8 +80,10 @@ def bind_unix(path: Path) -> socket.socket:
 
 
 def peer_name(conn: socket.socket, address: object) -> str:
-    if conn.family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple):
+    if conn.family == socket.AF_INET and isinstance(address, tuple):
         return f"{address[0]}:{address[1]}"
+    if conn.family == socket.AF_INET6 and isinstance(address, tuple):
+        return f"[{address[0]}]:{address[1]}"
     return "unix socket"
 
 

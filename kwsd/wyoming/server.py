@@ -58,6 +58,7 @@ from kwsd.wyoming.wake import (
     parse_detect,
     select,
 )
+from kwsd.wyoming.zeroconf import ZeroconfAnnouncer
 
 log = structlog.get_logger("kwsd.wyoming")
 
@@ -114,6 +115,7 @@ class WyomingServer:
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         max_data_bytes: int = MAX_DATA_BYTES,
         limits: ConnectionLimits | None = None,
+        announcer: ZeroconfAnnouncer | None = None,
     ) -> None:
         self.keywords = keywords
         self.spotter_factory = spotter_factory
@@ -124,6 +126,7 @@ class WyomingServer:
         self.max_payload_bytes = max_payload_bytes
         self.max_data_bytes = max_data_bytes
         self.limits = limits or ConnectionLimits()
+        self.announcer = announcer  # started once listening on TCP, closed first
         self.capacity = self.limits.max_connections  # lowered at start() if fds are short
         self.refusals: Refusals | None = None
         self._acceptor: Acceptor | None = None
@@ -145,6 +148,7 @@ class WyomingServer:
         mute: MuteState | None = None,
         on_detection: DetectionHook | None = None,
         limits: ConnectionLimits | None = None,
+        announcer: ZeroconfAnnouncer | None = None,
     ) -> WyomingServer:
         """A server whose streams run `kwsd.engine.Spotter` on a shared backend."""
 
@@ -159,6 +163,7 @@ class WyomingServer:
             mute=mute,
             on_detection=on_detection,
             limits=limits,
+            announcer=announcer,
         )
 
     # -------------------------------------------------------------- lifecycle
@@ -197,6 +202,8 @@ class WyomingServer:
         self._accepting = asyncio.create_task(self._acceptor.run(), name="kwsd-wyoming-accept")
         self._accepting.add_done_callback(_report_accept_loop_end)
         log.info("Wyoming server listening", uri=self.address, max_connections=self.capacity)
+        if self.announcer is not None and self.bound is not None:
+            self.announcer.start(self.bound)
         return self.address
 
     async def serve_forever(self) -> None:
@@ -205,6 +212,8 @@ class WyomingServer:
         await asyncio.shield(self._accepting)
 
     async def close(self) -> None:
+        if self.announcer is not None:
+            await self.announcer.close()
         accepting, self._accepting = self._accepting, None
         if accepting is not None:
             accepting.cancel()
