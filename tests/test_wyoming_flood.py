@@ -171,6 +171,9 @@ async def test_a_connection_flood_leaves_health_mqtt_and_good_clients_working(
         )
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 0
+    except (AssertionError, TimeoutError) as exc:
+        tail = log_path.read_bytes()[-3000:].decode(errors="replace")
+        raise AssertionError(f"{exc!r}\n--- the end of kwsd's log:\n{tail}") from exc
     finally:
         if process.returncode is None:
             process.kill()
