@@ -66,7 +66,9 @@ from kwsd.registry import (
 )
 from kwsd.service import Notifier, ServiceLifecycle, report_missing_model
 from kwsd.spotter import KeywordSpotter
+from kwsd.wyoming.limits import ConnectionLimits
 from kwsd.wyoming.server import WyomingServer
+from kwsd.wyoming.zeroconf import ZeroconfAnnouncer
 
 log = structlog.get_logger("kwsd.daemon")
 
@@ -123,6 +125,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.outputs = Outputs()  # built at start, from the settings
         self.spotter: KeywordSpotter | None = None
+        self.wyoming: WyomingServer | None = None  # when wyoming.enabled, once started
         self.started = asyncio.Event()  # model loaded, tasks running
         self.reloads = 0  # reloads attempted (SIGHUP or file edits), for tests and logs
         self._stop = asyncio.Event()
@@ -208,7 +211,7 @@ class Daemon:
         self.outputs = Outputs(
             [*self._build_outputs(settings, spotter, registry), *self._extra_outputs]
         )
-        wyoming = self._build_wyoming(settings, spotter, registry)
+        wyoming = self.wyoming = self._build_wyoming(settings, spotter, registry)
         return await self._serve(source, pipeline, registry, wyoming)
 
     def _build_outputs(
@@ -270,6 +273,8 @@ class Daemon:
             spotter,
             lambda: registry.keyword_set,
             version=__version__,
+            limits=ConnectionLimits.from_settings(settings.wyoming),
+            announcer=ZeroconfAnnouncer.from_settings(settings.wyoming, version=__version__),
             refractory_seconds=settings.search.refractory_seconds,
             mute=self.mute,
             on_detection=self._on_wyoming_detection,

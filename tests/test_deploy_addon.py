@@ -250,8 +250,8 @@ def test_addon_good_options_announce_wyoming_then_bad_ones_fall_back(
     child = _addon(tmp_path, env, "good")
     try:
         names = wyoming_models(port, child.running, lambda: child.log)
-        assert names == ["HEY COMPUTER", "TURN ON THE LIGHTS"]
-        assert wyoming_detection(port, padded_speech) == "HEY COMPUTER"
+        assert names == ["hey_computer", "turn_on_the_lights"]
+        assert wyoming_detection(port, padded_speech) == "hey_computer"
         deadline = time.monotonic() + 20
         while not supervisor.discovery and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -270,7 +270,7 @@ def test_addon_good_options_announce_wyoming_then_bad_ones_fall_back(
         log = child.wait_for_log("starting with the last good options", within=60)
         assert "characters '2' are not in the model's vocabulary" in log
         assert wyoming_models(port, child.running, lambda: child.log) == [
-            "HEY COMPUTER", "TURN ON THE LIGHTS",
+            "hey_computer", "turn_on_the_lights",
         ]  # fmt: skip
         assert child.stop() == 0
     finally:

@@ -154,8 +154,8 @@ def test_entrypoint_execs_kwsd_wyoming_and_the_probe_follows_it(
     child = KwsdProcess(args, env, tmp_path / "log")
     try:
         names = wyoming_models(port, child.running, lambda: child.log)
-        assert names == ["HEY COMPUTER"]
-        assert wyoming_detection(port, padded_speech) == "HEY COMPUTER"
+        assert names == ["hey_computer"]
+        assert wyoming_detection(port, padded_speech) == "hey_computer"
         assert probe(_state(tmp_path)) == []
         # The entrypoint became kwsd (exec): same process, and SIGTERM stops it cleanly.
         cmdline = Path(f"/proc/{child.process.pid}/cmdline").read_bytes().split(b"\0")

@@ -38,6 +38,8 @@ def test_plist_parses_and_carries_the_service_contract() -> None:
     # launchd cannot exempt exit 78: restarts are spaced out instead of hot-looping.
     assert data["ThrottleInterval"] >= 30
     assert data["LimitLoadToSessionType"] == "Aqua"
+    # launchd's default of 256 open files is raised for Wyoming clients.
+    assert data["SoftResourceLimits"]["NumberOfFiles"] >= 4096
     assert data["StandardOutPath"] == LOG
     assert data["StandardErrorPath"] == LOG
     env = data["EnvironmentVariables"]

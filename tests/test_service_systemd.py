@@ -81,6 +81,8 @@ def test_user_unit_contract() -> None:
     ]
     assert one(unit, "Install", "WantedBy") == "default.target"
     assert "DynamicUser" not in unit["Service"]
+    # Wyoming clients each hold a descriptor: a fixed budget, not the system default.
+    assert int(one(unit, "Service", "LimitNOFILE")) >= 4096
 
 
 def test_user_unit_without_sandbox_keeps_no_new_privileges() -> None:
@@ -114,6 +116,7 @@ def test_system_unit_contract() -> None:
     assert '"KWSD_CONFIG=/etc/kwsd/config.toml"' in service["Environment"]
     assert one(unit, "Install", "WantedBy") == "multi-user.target"
     assert "network-online.target" in one(unit, "Unit", "After")
+    assert int(one(unit, "Service", "LimitNOFILE")) >= 4096
 
 
 @pytest.mark.parametrize(

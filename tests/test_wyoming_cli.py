@@ -49,7 +49,7 @@ async def test_cli_serves_describe_and_stops_on_sigterm(assets: Path, tmp_path: 
         info = await EventReader(reader).read()
         assert info is not None and info.type == "info"
         names = [m["name"] for m in info.data["wake"][0]["models"]]
-        assert names == ["HEY COMPUTER", "LIGHTS OFF"]
+        assert names == ["hey_computer", "lights_off"]
         writer.close()
         process.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(process.wait, 20)

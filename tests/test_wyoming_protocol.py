@@ -145,13 +145,19 @@ def test_detect_names_parsing_and_matching() -> None:
     assert normalise_name(" Hey-Computer ") == normalise_name("HEY_COMPUTER") == "hey_computer"
     items = ["A", "B"]
     keys = [("HEY COMPUTER", "HEY COMPUTER"), ("LIGHTS_OFF", "LIGHTS OFF")]
-    assert select(items, None, keys) == (["A", "B"], [])
-    assert select(items, ["lights off", "nope"], keys) == (["B"], ["nope"])
+    # No names: everything, answering with each item's first key (its advertised name).
+    assert select(items, None, keys) == ([("A", "HEY COMPUTER"), ("B", "LIGHTS_OFF")], [])
+    # Names: the matches answer with the name exactly as the client wrote it.
+    assert select(items, ["lights off", "nope"], keys) == ([("B", "lights off")], ["nope"])
+    assert select(items, ["Hey-Computer", "hey computer"], keys) == (
+        [("A", "Hey-Computer")],
+        [],
+    )
 
 
 async def test_reader_gives_up_on_announced_bytes_that_never_arrive() -> None:
     reader = asyncio.StreamReader()
     reader.feed_data(b'{"type": "audio-chunk", "payload_length": 100}\n' + b"\x00" * 10)
-    events = EventReader(reader, body_timeout=0.05)  # the peer stays connected, silent
-    with pytest.raises(ProtocolError, match="did not arrive within"):
+    events = EventReader(reader, message_timeout=0.05)  # the peer stays connected, silent
+    with pytest.raises(ProtocolError, match=r"complete within 0\.05 s"):
         await events.read()

@@ -19,21 +19,30 @@ from kwsd.cli.common import (
     load_spotter_and_keywords,
     settings_for,
 )
+from kwsd.wyoming.limits import ConnectionLimits
 from kwsd.wyoming.server import WyomingServer, parse_uri
+from kwsd.wyoming.zeroconf import ZeroconfAnnouncer
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "wyoming",
         help="serve keywords as Wyoming wake words (Home Assistant Assist)",
-        description="Run a Wyoming wake-word server: Home Assistant (Settings → Devices & "
-        "services → Add integration → Wyoming Protocol, host and port of this machine) "
-        "then offers every keyword as a wake word.",
+        description="Run a Wyoming wake-word server: Home Assistant discovers it (Settings → "
+        "Devices & services → Discovered; or Add integration → Wyoming Protocol, host and "
+        "port of this machine) and then offers every keyword as a wake word.",
     )
     p.add_argument(
         "--uri",
         help="where to listen: tcp://HOST:PORT or unix:///path "
         "(default: wyoming.uri, tcp://0.0.0.0:10400)",
+    )
+    p.add_argument(
+        "--zeroconf",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="announce the server on the local network so Home Assistant discovers it "
+        "(default: wyoming.zeroconf, on)",
     )
     p.add_argument(
         "--refractory",
@@ -47,7 +56,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = settings_for(args, wyoming__uri=args.uri, search__refractory_seconds=args.refractory)
+    settings = settings_for(
+        args,
+        wyoming__uri=args.uri,
+        wyoming__zeroconf=args.zeroconf,
+        search__refractory_seconds=args.refractory,
+    )
     parse_uri(settings.wyoming.uri)  # a bad uri fails before the model loads
     settings, spotter, keywords = load_spotter_and_keywords(
         args,
@@ -61,6 +75,8 @@ def _run(args: argparse.Namespace) -> int:
         lambda: keywords,
         version=__version__,
         refractory_seconds=settings.search.refractory_seconds,
+        limits=ConnectionLimits.from_settings(settings.wyoming),
+        announcer=ZeroconfAnnouncer.from_settings(settings.wyoming, version=__version__),
     )
     asyncio.run(_serve(server, settings.wyoming.uri))
     return 0

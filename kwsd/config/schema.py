@@ -8,6 +8,7 @@ registry) takes the validated section model and does not check again.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import socket
@@ -483,12 +484,62 @@ class WyomingSettings(_Section):
         default="tcp://0.0.0.0:10400",
         description="Where the Wyoming server listens: tcp://HOST:PORT or unix:///path.",
     )
+    max_connections: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="Most Wyoming connections served at once (Home Assistant opens one per "
+        "running pipeline, wyoming-satellite one per satellite); one more gets an `error` "
+        "event and is closed.",
+    )
+    message_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=600.0,
+        description="A message must arrive complete within this time of its first byte, or "
+        "its connection is closed (stops clients that trickle bytes and hold a slot).",
+    )
+    idle_timeout_seconds: float = Field(
+        default=600.0,
+        ge=0.0,
+        description="Close a connection that sends nothing for this long (a satellite "
+        "reconnects by itself). 0 = never.",
+    )
+    zeroconf: bool = Field(
+        default=True,
+        description="Announce the Wyoming server on the local network (mDNS, _wyoming._tcp) "
+        "so Home Assistant discovers it. tcp:// only.",
+    )
+    zeroconf_name: SiteTemplate = Field(
+        default="kwsd-{site_id}",
+        min_length=1,
+        max_length=63,
+        description="Service name in the announcement (unique on the network); {site_id} is "
+        "replaced by the site id.",
+    )
+    zeroconf_host: str | None = Field(
+        default=None,
+        description="IP address to announce. None = the address in `uri`, or this machine's "
+        "main IPv4 address when `uri` listens on all interfaces; set it in a container.",
+    )
 
     @field_validator("uri")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         if not re.fullmatch(r"tcp://[^:/]+:\d{1,5}|unix://.+", value):
             raise ValueError('uri must look like "tcp://0.0.0.0:10400" or "unix:///run/kwsd.sock"')
+        return value
+
+    @field_validator("zeroconf_host")
+    @classmethod
+    def _an_ip_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(
+                    f"zeroconf_host must be an IP address such as 192.168.1.20, not {value!r}"
+                ) from None
         return value
 
 
@@ -624,6 +675,7 @@ class Settings(BaseSettings):
         self.mqtt.base_topic = self.mqtt.base_topic.format(site_id=site)
         self.hermes.site_id = self.hermes.site_id.format(site_id=site)
         self.homeassistant.node_id = self.homeassistant.node_id.format(site_id=site)
+        self.wyoming.zeroconf_name = self.wyoming.zeroconf_name.format(site_id=site)
         return self
 
     def masked_dump(self) -> dict[str, Any]:

@@ -21,6 +21,11 @@ from kwsd.service.plan import ServiceError
 APP = "kwsd"
 CONFIG_NAME = "config.toml"
 SYSTEM_CONFIG = SYSTEM.config / CONFIG_NAME
+# The open-file limit the units set: Wyoming clients (wyoming.max_connections, at most
+# 4096) plus MQTT, /healthz, model and keyword files. kwsd serves fewer Wyoming clients,
+# and says so, when its limit is lower; an explicit value keeps that from depending on
+# each system's default (1024 under systemd, 256 under launchd).
+OPEN_FILES_LIMIT = 8192
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import plistlib
 from pathlib import Path
 from typing import Any
 
-from kwsd.service.context import ServiceContext
+from kwsd.service.context import OPEN_FILES_LIMIT, ServiceContext
 from kwsd.service.plan import Command, MakeDir, Plan, RemoveFile, WriteFile
 
 LABEL = "org.kwsd.daemon"
@@ -87,6 +87,9 @@ def plist_dict(ctx: ServiceContext, label: str = LABEL) -> dict[str, Any]:
         "EnvironmentVariables": env,
         "StandardOutPath": log,
         "StandardErrorPath": log,
+        # launchd's default is 256 open files (hard: unlimited); Wyoming clients each
+        # hold one.
+        "SoftResourceLimits": {"NumberOfFiles": OPEN_FILES_LIMIT},
     }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kwsd.errors import ExitCode
 from kwsd.model.locations import SYSTEM
-from kwsd.service.context import ServiceContext
+from kwsd.service.context import OPEN_FILES_LIMIT, ServiceContext
 from kwsd.service.plan import Command, MakeDir, Plan, RemoveFile, WriteFile
 
 UNIT_NAME = "kwsd.service"
@@ -95,6 +95,8 @@ def _service_common(ctx: ServiceContext) -> list[str]:
         "# Exits that need you to act; 78 = no model installed (run `kwsd models pull`).",
         f"RestartPreventExitStatus={no_restart}",
         "TimeoutStopSec=20",
+        "# Open files: Wyoming clients (wyoming.max_connections) plus MQTT, health, files.",
+        f"LimitNOFILE={OPEN_FILES_LIMIT}",
         "SyslogIdentifier=kwsd",
     ]
     return lines

@@ -113,8 +113,23 @@ def parse_header(
     )
 
 
+class IdleTimeout(Exception):  # noqa: N818 - a condition, not a failure of kwsd
+    """The peer sent nothing for the idle timeout; its connection is closed."""
+
+
+class _EndOfStream(Exception):  # noqa: N818
+    """The peer closed after blank keep-alive bytes: a clean end, not a broken message."""
+
+
 class EventReader:
-    """Reads events from a stream, enforcing the caps; None at a clean end of stream."""
+    """Reads events from a stream, enforcing the caps; None at a clean end of stream.
+
+    Two clocks bound how long a connection can hold on to the server without doing
+    anything useful: `idle_timeout` is the longest wait for the first byte of the next
+    message, and `message_timeout` is the time a message may take from its first byte
+    to its last. A peer that trickles one byte a second (slowloris) therefore loses its
+    connection after `message_timeout`, however patient it is. None disables a clock.
+    """
 
     def __init__(
         self,
@@ -122,40 +137,63 @@ class EventReader:
         *,
         max_data: int = MAX_DATA_BYTES,
         max_payload: int = MAX_PAYLOAD_BYTES,
-        body_timeout: float = 30.0,
+        message_timeout: float | None = 30.0,
+        idle_timeout: float | None = None,
     ) -> None:
         self._reader = reader
-        self._body_timeout = body_timeout
+        self._message_timeout = message_timeout
+        self._idle_timeout = idle_timeout
         self._max_data = max_data
         self._max_payload = max_payload
 
     async def read(self) -> Event | None:
-        line = b""
-        while not line.strip():  # tolerate blank keep-alive lines
+        while True:
             try:
-                line = await self._reader.readuntil(b"\n")
+                async with asyncio.timeout(self._idle_timeout):
+                    first = await self._reader.read(1)
+            except TimeoutError:
+                raise IdleTimeout(
+                    f"no message for {self._idle_timeout:g} s; closing the idle connection"
+                ) from None
+            if not first:
+                return None
+            try:
+                async with asyncio.timeout(self._message_timeout):
+                    event = await self._rest_of_message(first)
+            except _EndOfStream:
+                return None
+            except TimeoutError:
+                raise ProtocolError(
+                    f"a message must arrive complete within {self._message_timeout:g} s of "
+                    "its first byte; this one did not (a stalled or very slow sender)"
+                ) from None
+            if event is not None:
+                return event
+            # else a blank keep-alive line: wait for the next message
+
+    async def _rest_of_message(self, first: bytes) -> Event | None:
+        """The message that `first` begins, or None for a blank line."""
+        line = first
+        if first != b"\n":
+            try:
+                line += await self._reader.readuntil(b"\n")
             except asyncio.IncompleteReadError as exc:
-                if not exc.partial.strip():
-                    return None
+                if not (first + exc.partial).strip():
+                    raise _EndOfStream from None
                 raise ProtocolError("connection closed in the middle of a header line") from None
             except asyncio.LimitOverrunError:
                 raise ProtocolError(
                     f"header line is longer than {MAX_HEADER_BYTES} bytes (or has no newline)"
                 ) from None
+        if not line.strip():
+            return None
         header = parse_header(line, max_data=self._max_data, max_payload=self._max_payload)
         try:
-            # A peer that announces more than it sends must not pin the connection forever.
-            async with asyncio.timeout(self._body_timeout):
-                data = await self._reader.readexactly(header.data_length)
-                payload = await self._reader.readexactly(header.payload_length)
+            data = await self._reader.readexactly(header.data_length)
+            payload = await self._reader.readexactly(header.payload_length)
         except asyncio.IncompleteReadError as exc:
             raise ProtocolError(
                 f"connection closed after {len(exc.partial)} of {exc.expected} announced bytes"
-            ) from None
-        except TimeoutError:
-            raise ProtocolError(
-                f"announced {header.data_length + header.payload_length} bytes after the "
-                f"header but they did not arrive within {self._body_timeout:g} s"
             ) from None
         return header.complete(data, payload or None)
 

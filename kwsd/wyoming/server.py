@@ -7,7 +7,10 @@ Runtime sessions are safe to run from several threads) while each audio stream i
 `KeywordStream` of its own, so one client's audio never leaks into another's results.
 Decoding runs in worker threads so the event loop keeps serving the others, and a
 client that breaks the protocol gets an `error` event and loses only its own
-connection.
+connection. A `detect` naming no active keyword is not a broken protocol: the client gets
+an `error` event listing what kwsd spots, keeps its connection, and its streams end in
+`not-detected`. How many connections, for how long and at what cost is in `limits`;
+accepting them is in `listener`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -28,7 +32,7 @@ from kwsd.detection import Detection
 from kwsd.engine import KeywordStream
 from kwsd.errors import ConfigError
 from kwsd.gate import DetectionGate, Verdict
-from kwsd.keywords import Keyword, KeywordSet
+from kwsd.keywords import KeywordSet
 from kwsd.mute import MuteState
 from kwsd.spotter import KeywordSpotter
 from kwsd.wyoming.audio import AUDIO_CHUNK, AUDIO_START, AUDIO_STOP, AudioFormat, PcmConverter
@@ -38,10 +42,13 @@ from kwsd.wyoming.event import (
     MAX_PAYLOAD_BYTES,
     Event,
     EventReader,
+    IdleTimeout,
     ProtocolError,
     write_event,
 )
-from kwsd.wyoming.info import DESCRIBE, WakeModel, info_event
+from kwsd.wyoming.info import DESCRIBE, info_event, wake_models
+from kwsd.wyoming.limits import ConnectionLimits, Refusals, connection_capacity
+from kwsd.wyoming.listener import Acceptor, bind_tcp, bind_unix, resolve
 from kwsd.wyoming.wake import (
     DETECT,
     PING,
@@ -52,6 +59,7 @@ from kwsd.wyoming.wake import (
     parse_detect,
     select,
 )
+from kwsd.wyoming.zeroconf import ZeroconfAnnouncer
 
 log = structlog.get_logger("kwsd.wyoming")
 
@@ -60,11 +68,6 @@ _TCP_URI: Final = re.compile(r"tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d{1,5
 
 
 DetectionHook = Callable[[Detection], None]
-
-
-def keyword_keys(keyword: Keyword) -> tuple[str, ...]:
-    """Names a `detect` may use for a keyword: its display name or its phrase."""
-    return (keyword.display, keyword.phrase)
 
 
 def parse_uri(uri: str) -> tuple[str, int] | Path:
@@ -103,6 +106,8 @@ class WyomingServer:
         on_detection: DetectionHook | None = None,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         max_data_bytes: int = MAX_DATA_BYTES,
+        limits: ConnectionLimits | None = None,
+        announcer: ZeroconfAnnouncer | None = None,
     ) -> None:
         self.spotter = spotter
         self.keywords = keywords
@@ -112,9 +117,15 @@ class WyomingServer:
         self.on_detection = on_detection
         self.max_payload_bytes = max_payload_bytes
         self.max_data_bytes = max_data_bytes
-        self._server: asyncio.Server | None = None
+        self.limits = limits or ConnectionLimits()
+        self.announcer = announcer  # started once listening on TCP, closed first
+        self.capacity = self.limits.max_connections  # lowered at start() if fds are short
+        self.refusals: Refusals | None = None
+        self._acceptor: Acceptor | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         self.address: str | None = None
+        self.bound: tuple[str, int] | None = None  # TCP host and port, once listening
         self.connections = 0  # served so far (metrics)
 
     # -------------------------------------------------------------- lifecycle
@@ -124,20 +135,14 @@ class WyomingServer:
         where = parse_uri(uri)
         try:
             if isinstance(where, Path):
-                if where.is_socket():
-                    where.unlink()  # a stale socket from a previous run
-                self._server = await asyncio.start_unix_server(
-                    self._accept, path=str(where), limit=MAX_HEADER_BYTES
-                )
+                sockets = [bind_unix(where)]
                 self.address = f"unix://{where}"
             else:
-                host, port = where
-                self._server = await asyncio.start_server(
-                    self._accept, host, port, limit=MAX_HEADER_BYTES
-                )
-                bound = self._server.sockets[0].getsockname()
-                shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-                self.address = f"tcp://{shown}:{bound[1]}"
+                sockets = bind_tcp(await resolve(*where))
+                host, port = sockets[0].getsockname()[:2]
+                self.bound = (host, port)
+                shown = f"[{host}]" if ":" in host else host
+                self.address = f"tcp://{shown}:{port}"
         except OSError as exc:
             hint = (
                 "check that the directory exists and kwsd may write to it"
@@ -148,43 +153,77 @@ class WyomingServer:
             raise ConfigError(
                 f"cannot listen on {uri} for Wyoming: {exc.strerror or exc}; {hint}"
             ) from None
-        log.info("Wyoming server listening", uri=self.address)
+        self.capacity = connection_capacity(self.limits.max_connections)
+        self.refusals = Refusals(
+            error_event(
+                f"kwsd serves at most {self.capacity} Wyoming connections at once; try again later",
+                "too-many-connections",
+            ).to_bytes()
+        )
+        self._acceptor = Acceptor(sockets, self._on_connection)
+        self._accepting = asyncio.create_task(self._acceptor.run(), name="kwsd-wyoming-accept")
+        self._accepting.add_done_callback(_report_accept_loop_end)
+        log.info("Wyoming server listening", uri=self.address, max_connections=self.capacity)
+        if self.announcer is not None and self.bound is not None:
+            self.announcer.start(self.bound)
         return self.address
 
     async def serve_forever(self) -> None:
-        if self._server is None:
+        if self._accepting is None:
             raise RuntimeError("call start() first")
-        await self._server.serve_forever()
+        await asyncio.shield(self._accepting)
 
     async def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
+        if self.announcer is not None:
+            await self.announcer.close()
+        accepting, self._accepting = self._accepting, None
+        if accepting is not None:
+            accepting.cancel()
+            await asyncio.gather(accepting, return_exceptions=True)
+        if self._acceptor is not None:
+            self._acceptor.close()
         for task in list(self._sessions):
             task.cancel()
         await asyncio.gather(*self._sessions, return_exceptions=True)
-        if server is not None:
-            await server.wait_closed()
+        if self.refusals is not None:
+            await self.refusals.close()
         if self.address and self.address.startswith("unix://"):
             with contextlib.suppress(OSError):
                 os.unlink(self.address.removeprefix("unix://"))
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._sessions.add(task)
+    @property
+    def active_connections(self) -> int:
+        return len(self._sessions)
+
+    def _on_connection(self, conn: socket.socket, peer: str) -> None:
+        """Called by the accept loop for each new socket: serve it, or refuse it."""
+        refusals = self.refusals
+        assert refusals is not None  # set by start(), which starts the accept loop
+        if self.active_connections >= self.capacity:
+            refusals.refuse(conn, peer, serving=self.active_connections)
+            return
+        refusals.warning.resolved("Wyoming accepts new connections again")
+        task = asyncio.create_task(self._serve(conn, peer), name=f"kwsd-wyoming {peer}")
+        self._sessions.add(task)
+        task.add_done_callback(self._sessions.discard)
+
+    async def _serve(self, conn: socket.socket, peer: str) -> None:
         self.connections += 1
-        peer = writer.get_extra_info("peername") or "unix socket"
-        session = _Session(self, reader, writer, str(peer))
         try:
-            await session.run()
-        except asyncio.CancelledError:
-            # close() cancels sessions; Python 3.11's stream callback would report a
-            # cancelled handler task as an error, so end it normally.
-            pass
-        finally:
-            if task is not None:
-                self._sessions.discard(task)
+            reader, writer = await asyncio.open_connection(sock=conn, limit=MAX_HEADER_BYTES)
+        except OSError:
+            conn.close()
+            return
+        await _Session(self, reader, writer, peer).run()
+
+
+def _report_accept_loop_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "Wyoming server stopped accepting connections",
+            error=repr(task.exception()),
+            fix="restart kwsd and report this",
+        )
 
 
 @dataclasses.dataclass
@@ -208,12 +247,20 @@ class _Session:
     ) -> None:
         self.server = server
         self.events = EventReader(
-            reader, max_data=server.max_data_bytes, max_payload=server.max_payload_bytes
+            reader,
+            max_data=server.max_data_bytes,
+            max_payload=server.max_payload_bytes,
+            message_timeout=server.limits.message_timeout,
+            idle_timeout=server.limits.idle_timeout,
         )
         self.writer = writer
         self.peer = peer
         self.names: tuple[str, ...] | None = None
         self.stream: _Stream | None = None
+        # (display, phrase) of each selected keyword → the `name` its detections carry.
+        self.replies: dict[tuple[str, str], str] = {}
+        self.silent = False  # in a stream that spots nothing (no requested keyword exists)
+        self.reported: str | None = None  # the last selection problem sent as an error
         self.log = log.bind(peer=peer)
 
     async def run(self) -> None:
@@ -224,6 +271,9 @@ class _Session:
         except ProtocolError as exc:
             self.log.warning("Wyoming client broke the protocol; closing", error=str(exc))
             await self._send_quietly(error_event(str(exc), "protocol-error"))
+        except IdleTimeout as exc:
+            self.log.info("Wyoming client idle; closing", error=str(exc))
+            await self._send_quietly(error_event(str(exc), "idle-timeout"))
         except (ConnectionError, asyncio.IncompleteReadError):
             self.log.debug("Wyoming client went away")
         except Exception as exc:
@@ -236,18 +286,25 @@ class _Session:
             self.log.debug("Wyoming client disconnected")
 
     async def _send_quietly(self, event: Event) -> None:
+        # Bounded: a peer that reads nothing must not hold the session open.
         with contextlib.suppress(Exception):
-            await write_event(self.writer, event)
+            async with asyncio.timeout(1.0):
+                await write_event(self.writer, event)
 
     async def _handle(self, event: Event) -> None:
         if event.type == DESCRIBE:
-            models = [WakeModel(k.display, k.phrase) for k in self.server.keywords().keywords]
+            models = wake_models(self.server.keywords().keywords)
             await write_event(self.writer, info_event(models, version=self.server.version))
         elif event.type == DETECT:
             self.names = parse_detect(event.data)
-            self._keyword_set()  # an unknown name is an error now, not at audio-start
+            self.reported = None
+            await self._can_spot()  # an unknown name is reported now, not at audio-start
         elif event.type == AUDIO_START:
-            self.stream = self._new_stream(AudioFormat.from_data(event.data), event.data)
+            fmt = AudioFormat.from_data(event.data)
+            self.stream = None
+            self.silent = not await self._can_spot()
+            if not self.silent:
+                self.stream = self._new_stream(fmt, event.data)
         elif event.type == AUDIO_CHUNK:
             await self._chunk(event)
         elif event.type == AUDIO_STOP:
@@ -258,20 +315,43 @@ class _Session:
             self.log.debug("Wyoming event ignored", type=event.type)
 
     def _keyword_set(self) -> KeywordSet:
+        """The active keywords the last `detect` asked for (all without one); may be empty."""
+        return self._select()[0]
+
+    def _select(self) -> tuple[KeywordSet, list[str]]:
+        """`_keyword_set()` and the requested names that match no keyword; remembers the
+        name each selected keyword's detections answer with."""
         current = self.server.keywords()
-        chosen, unknown = select(
-            current.keywords, self.names, [keyword_keys(k) for k in current.keywords]
-        )
-        if unknown:
-            available = ", ".join(current.displays()) or "none"
-            if not chosen:
-                raise ProtocolError(
-                    f"unknown wake word(s) {', '.join(unknown)}; this kwsd spots: {available}"
-                )
-            self.log.warning("Wyoming detect names unknown wake words", unknown=unknown)
-        if not chosen:
-            raise ProtocolError("kwsd has no active keywords; add some before streaming audio")
-        return dataclasses.replace(current, keywords=tuple(chosen))
+        models = wake_models(current.keywords)
+        chosen, unknown = select(current.keywords, self.names, [m.keys for m in models])
+        self.replies = {(k.display, k.phrase): name for k, name in chosen}
+        return dataclasses.replace(current, keywords=tuple(k for k, _name in chosen)), unknown
+
+    async def _can_spot(self) -> bool:
+        """Whether the selection holds a keyword; if not, tell the client (once per
+        `detect`) with an `error` event that names what kwsd spots. The connection stays
+        open: a streamed stream then ends in `not-detected`."""
+        selected, unknown = self._select()
+        asked = ", ".join(repr(n) for n in unknown)
+        models = wake_models(self.server.keywords().keywords)
+        spots = ", ".join(m.listing for m in models)
+        if selected.keywords:
+            if unknown and self.reported != asked:
+                # Some names are fine: spot those, and only tell the log about the rest.
+                self.reported = asked
+                self.log.warning("Wyoming detect names unknown wake words", unknown=unknown)
+            return True
+        if not models:
+            code = "no-keywords"
+            text = "kwsd has no active keywords; add some (config, keywords file or MQTT)"
+        else:
+            code = "unknown-wake-word"
+            text = f"unknown wake word {asked}; kwsd spots: {spots}"
+        if text != self.reported:
+            self.reported = text
+            self.log.warning("Wyoming client asks for no active keyword", error=text)
+            await write_event(self.writer, error_event(text, code))
+        return False
 
     def _new_stream(self, fmt: AudioFormat, data: dict[str, object]) -> _Stream:
         stamp = data.get("timestamp")
@@ -285,8 +365,13 @@ class _Session:
 
     async def _chunk(self, event: Event) -> None:
         fmt = AudioFormat.from_data(event.data)
+        if self.silent:
+            return
         stream = self.stream
         if stream is None:  # audio-chunk without audio-start: start implicitly
+            if not await self._can_spot():
+                self.silent = True
+                return
             stream = self.stream = self._new_stream(fmt, {})
         elif fmt != stream.converter.format:
             # The format changed mid-stream: finish the old resampler, carry on.
@@ -297,6 +382,7 @@ class _Session:
 
     async def _stop(self) -> None:
         stream, self.stream = self.stream, None
+        self.silent = False
         if stream is None:
             await write_event(self.writer, not_detected_event())
             return
@@ -323,6 +409,7 @@ class _Session:
             stream.detections += 1
             stamp = stream.start_ms + round(det.end * 1000)
             self.log.info("Wyoming detection", keyword=det.keyword, score=round(det.score, 3))
-            await write_event(self.writer, detection_event(det.keyword, stamp))
+            name = self.replies.get((det.keyword, det.phrase), det.keyword)
+            await write_event(self.writer, detection_event(name, stamp))
             if self.server.on_detection is not None:
                 self.server.on_detection(det)

@@ -1,8 +1,11 @@
 """detect / detection / not-detected, and which keywords a `detect` selects.
 
-Home Assistant sends `detect {"names": [...]}` with the wake word id the user picked
-(our model `name`). Matching is forgiving (case, spaces vs underscores, the phrase
-itself), because users also type these names by hand in satellite configs.
+Home Assistant sends `detect {"names": [wake_word_id]}` with the id the user picked
+(our model `name`) and drops every `detection` whose `name` is not exactly that id.
+Matching is forgiving (case, spaces vs underscores, the phrase or label instead of the
+id), because users also type these names by hand in satellite configs; the answer is
+not: a detection carries the name as the client wrote it, so the client's own
+comparison always holds.
 """
 
 from __future__ import annotations
@@ -38,18 +41,26 @@ def parse_detect(data: dict[str, Any]) -> tuple[str, ...] | None:
 
 def select(
     items: Sequence[T], names: Sequence[str] | None, keys: Sequence[tuple[str, ...]]
-) -> tuple[list[T], list[str]]:
-    """The items any of whose `keys` matches a requested name, and the names matching none."""
+) -> tuple[list[tuple[T, str]], list[str]]:
+    """The items any of whose `keys` matches a requested name, each with the name its
+    detections answer with, and the requested names that match nothing.
+
+    An item's first key is its advertised name: the answer when no names were requested.
+    Otherwise the answer is the first requested name that matched, exactly as written.
+    """
     if names is None:
-        return list(items), []
-    wanted = {normalise_name(n): n for n in names}
-    chosen: list[T] = []
+        return [(item, item_keys[0]) for item, item_keys in zip(items, keys, strict=True)], []
+    wanted: dict[str, str] = {}
+    for name in names:
+        wanted.setdefault(normalise_name(name), name)
+    chosen: list[tuple[T, str]] = []
     seen: set[str] = set()
     for item, item_keys in zip(items, keys, strict=True):
-        hits = {normalise_name(k) for k in item_keys} & wanted.keys()
+        own = {normalise_name(k) for k in item_keys}
+        hits = [key for key in wanted if key in own]
         if hits:
-            chosen.append(item)
-            seen |= hits
+            chosen.append((item, wanted[hits[0]]))
+            seen.update(hits)
     return chosen, [original for key, original in wanted.items() if key not in seen]
 
 
