@@ -54,3 +54,8 @@ def test_the_shipped_example_is_the_package_data_file() -> None:
     assert example_config() == (REPO / "kwsd" / "data" / "config.example.toml").read_text(
         encoding="utf-8"
     )
+
+
+def test_example_prints_the_shipped_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "example"]) == 0
+    assert capsys.readouterr().out == example_config()

@@ -1,4 +1,4 @@
-"""`kwsd config check|path|init`, plus the config options every daemon-like sub-command shares.
+"""`kwsd config check|path|init|example`, plus the options every daemon-like command shares.
 
 `add_config_args` and `settings_from_args` are what `kwsd run`, `kwsd wyoming` and friends
 use, so `--config`, `--log-level`, `--log-format` and `--set KEY=VALUE` behave the same in
@@ -145,6 +145,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     init.add_argument("path", nargs="?", type=Path, metavar="PATH", help="where to write it")
     init.set_defaults(func=_init)
 
+    example = actions.add_parser(
+        "example",
+        help="print the commented example config",
+        description="Print the commented example configuration to stdout, e.g. "
+        "`podman run --rm kwsd config example > config.toml`.",
+    )
+    example.set_defaults(func=_example)
+
 
 def _check(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
@@ -170,6 +178,11 @@ def _path(args: argparse.Namespace) -> int:
 def example_config() -> str:
     """The commented example, shipped in the package so that a wheel install has it too."""
     return (resources.files("kwsd") / "data" / "config.example.toml").read_text(encoding="utf-8")
+
+
+def _example(_args: argparse.Namespace) -> int:
+    print(example_config(), end="")
+    return 0
 
 
 def _init(args: argparse.Namespace) -> int:
