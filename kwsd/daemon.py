@@ -254,7 +254,7 @@ class Daemon:
             )
         if settings.hermes.enabled:
             outputs.append(
-                HermesHotword(link, settings.hermes.site_id, self.mute, model_version=model.label)
+                HermesHotword(link, settings.hermes.site_id, self.mute, model_version=__version__)
             )
         return outputs
 
@@ -274,13 +274,17 @@ class Daemon:
     ) -> WyomingServer | None:
         if not settings.wyoming.enabled:
             return None
+        # A pause is about this daemon's own microphone by default: the satellites
+        # streaming to the Wyoming server have their own mute, and a TV playing here
+        # says nothing about the kitchen's satellite.
+        shared_mute = self.mute if settings.mute.scope == "all" else None
         return WyomingServer.for_backend(
             backend,
             lambda: registry.keyword_set,
             search_options(settings),
             version=__version__,
             refractory_seconds=settings.search.refractory_seconds,
-            mute=self.mute,
+            mute=shared_mute,
             on_detection=self._on_wyoming_detection,
         )
 
