@@ -274,19 +274,24 @@ class Daemon:
     ) -> WyomingServer | None:
         if not settings.wyoming.enabled:
             return None
-        # A pause is about this daemon's own microphone by default: the satellites
-        # streaming to the Wyoming server have their own mute, and a TV playing here
-        # says nothing about the kitchen's satellite.
-        shared_mute = self.mute if settings.mute.scope == "all" else None
         return WyomingServer.for_backend(
             backend,
             lambda: registry.keyword_set,
             search_options(settings),
             version=__version__,
             refractory_seconds=settings.search.refractory_seconds,
-            mute=shared_mute,
+            mute=self._wyoming_mute(settings),
             on_detection=self._on_wyoming_detection,
         )
+
+    def _wyoming_mute(self, settings: Settings) -> MuteState | None:
+        """The mute the Wyoming streams obey: the daemon's only with `mute.scope = "all"`.
+
+        A pause is about this daemon's own microphone by default: the satellites that
+        stream to the Wyoming server have their own mute, and a TV playing here says
+        nothing about the kitchen's satellite.
+        """
+        return self.mute if settings.mute.scope == "all" else None
 
     async def _serve(
         self,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from async_support import wait_until
+from async_support import scrape_metrics, wait_until
 from mqtt_broker import Mosquitto, Subscriber, link_options, running
 
 from kwsd.backends.base import ModelDefaults
@@ -174,12 +174,8 @@ async def exported(
 
 
 async def metric_lines(port: int, name: str) -> dict[str, float]:
-    """`name`'s samples on /metrics, once the exporter (1 s poll) has caught up."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-    await writer.drain()
-    body = (await reader.read()).decode().partition("\r\n\r\n")[2]
-    writer.close()
+    """`name`'s samples on /metrics (the exporter polls the link once a second)."""
+    body = await scrape_metrics(port)
     samples = {}
     for line in body.splitlines():
         if line.startswith(name):

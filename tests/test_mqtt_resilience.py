@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import aiomqtt
 import structlog
-from async_support import wait_until
+from async_support import scrape_metrics, wait_until
 from mqtt_broker import Mosquitto, link_options, running
 
 from kwsd.config import HomeAssistantSettings, MqttSettings
@@ -318,21 +318,12 @@ async def test_dropped_and_expired_events_are_counters_in_metrics(
             await asyncio.sleep(1.2)
             link.publish_detection(detection(5))  # the three others have expired
             await asyncio.sleep(1.2)  # one export of the counters
-            body = await get_metrics(health.port)
+            body = await scrape_metrics(health.port)
         finally:
             await output.close()
     assert 'kwsd_outbox_dropped_total{reason="full"} 2.0' in body
     assert 'kwsd_outbox_dropped_total{reason="expired"} 3.0' in body
     assert "kwsd_outbox_messages 1.0" in body
-
-
-async def get_metrics(port: int) -> str:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-    await writer.drain()
-    body = (await reader.read()).decode().partition("\r\n\r\n")[2]
-    writer.close()
-    return body
 
 
 # ---------------------------------------------------------------- retained state
