@@ -249,7 +249,7 @@ class Daemon:
             )
         if settings.hermes.enabled:
             outputs.append(
-                HermesHotword(link, settings.hermes.site_id, self.mute, model_version=model.label)
+                HermesHotword(link, settings.hermes.site_id, self.mute, model_version=__version__)
             )
         return outputs
 
@@ -276,9 +276,18 @@ class Daemon:
             limits=ConnectionLimits.from_settings(settings.wyoming),
             announcer=ZeroconfAnnouncer.from_settings(settings.wyoming, version=__version__),
             refractory_seconds=settings.search.refractory_seconds,
-            mute=self.mute,
+            mute=self._wyoming_mute(settings),
             on_detection=self._on_wyoming_detection,
         )
+
+    def _wyoming_mute(self, settings: Settings) -> MuteState | None:
+        """The mute the Wyoming streams obey: the daemon's only with `mute.scope = "all"`.
+
+        A pause is about this daemon's own microphone by default: the satellites that
+        stream to the Wyoming server have their own mute, and a TV playing here says
+        nothing about the kitchen's satellite.
+        """
+        return self.mute if settings.mute.scope == "all" else None
 
     async def _serve(
         self,

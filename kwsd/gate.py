@@ -1,7 +1,8 @@
 """The detection gate: the one place that decides whether a detection is published.
 
 Both users of the engine go through it: the daemon's pipeline (one gate for its audio
-stream) and the Wyoming server (one gate per client stream, sharing the daemon's mute).
+stream) and the Wyoming server (one gate per client stream, sharing the daemon's mute
+when `mute.scope = "all"`).
 The search reports every match; the gate applies two rules, in this order:
 
 1. **Mute.** While any mute reason is active (kwsd/mute.py), the detection is dropped.
@@ -41,8 +42,8 @@ class Verdict(Enum):
 class DetectionGate:
     """Mute, then refractory, for one audio stream.
 
-    `mute` is shared by every stream of a daemon (one pause silences all of them);
-    without one, nothing is ever muted. The refractory history is this stream's own.
+    `mute` may be shared by several streams (one pause silences all of them); without
+    one, nothing is ever muted. The refractory history is this stream's own.
     """
 
     def __init__(self, mute: MuteState | None = None, refractory_seconds: float = 1.0) -> None:

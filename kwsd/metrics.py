@@ -71,6 +71,28 @@ class Metrics:
             "MQTT messages queued while the broker is unreachable.",
             registry=reg,
         )
+        self.outbox_dropped = Counter(
+            "kwsd_outbox_dropped",
+            "MQTT events (detections, command replies) dropped undelivered: reason=full, the "
+            "outbox was full; reason=expired, older than mqtt.outbox_max_age_seconds.",
+            ["reason"],
+            registry=reg,
+        )
+        self.mqtt_incoming_dropped = Counter(
+            "kwsd_mqtt_incoming_dropped",
+            "Received MQTT messages dropped because too many were waiting for their handler "
+            "(kind=command: a command that got no reply).",
+            ["kind"],
+            registry=reg,
+        )
+        self.mqtt_connections = Counter(
+            "kwsd_mqtt_connections", "Successful connections to the MQTT broker.", registry=reg
+        )
+        for reason in ("full", "expired"):
+            self.outbox_dropped.labels(reason=reason)
+        for kind in ("command", "other"):
+            self.mqtt_incoming_dropped.labels(kind=kind)
+        self._followed: dict[Counter, int] = {}  # totals last passed to set_mqtt_totals
         self.keywords = Gauge("kwsd_keywords", "Keywords currently active.", registry=reg)
         self.audio_age_seconds = Gauge(
             "kwsd_audio_age_seconds",
@@ -120,6 +142,28 @@ class Metrics:
 
     def set_outbox(self, messages: int) -> None:
         self.outbox_messages.set(messages)
+
+    def set_mqtt_totals(
+        self,
+        *,
+        outbox_full: int,
+        outbox_expired: int,
+        commands_dropped: int,
+        incoming_dropped: int,
+        connections: int,
+    ) -> None:
+        """The MQTT link's running totals (it counts them itself); the counters follow."""
+        for counter, total in (
+            (self.outbox_dropped.labels(reason="full"), outbox_full),
+            (self.outbox_dropped.labels(reason="expired"), outbox_expired),
+            (self.mqtt_incoming_dropped.labels(kind="command"), commands_dropped),
+            (self.mqtt_incoming_dropped.labels(kind="other"), incoming_dropped),
+            (self.mqtt_connections, connections),
+        ):
+            increase = total - self._followed.get(counter, 0)
+            if increase > 0:
+                counter.inc(increase)
+                self._followed[counter] = total
 
     def set_keywords(self, count: int) -> None:
         self.keywords.set(count)

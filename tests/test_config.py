@@ -347,6 +347,15 @@ def test_site_id_templates(tmp_path: Path) -> None:
     assert settings.hermes.site_id == "default"
 
 
+def test_a_display_name_with_a_control_character_is_a_config_error(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "config.toml",
+        '[[keywords.entries]]\nphrase = "HEY COMPUTER"\ndisplay = "HEY\\u0000COMPUTER"\n',
+    )
+    message = config_error(config)
+    assert "keywords.entries" in message and "control character (NUL at position 4)" in message
+
+
 def test_template_and_topic_errors(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     assert "{room}" in config_error(write(cfg, '[mqtt]\nbase_topic = "kwsd/{room}"\n'))

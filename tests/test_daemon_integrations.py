@@ -8,15 +8,24 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
+import soundfile as sf
 from async_support import wait_until
 from daemon_support import (
     make_settings,
+    mqtt_link,
     mqtt_settings,
     running,
 )
 from mqtt_broker import Mosquitto, free_port
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.ping import Ping, Pong
+from wyoming.wake import Detect, Detection, NotDetected
 
+from kwsd import __version__
 from kwsd.daemon import Daemon
+from kwsd.mqtt.payloads import CommandReply
 from kwsd.service import Notifier
 
 
@@ -58,6 +67,7 @@ async def test_home_assistant_and_hermes_are_wired(
         assert len(same) == 1 and same[0]["time"] == json.loads(event.payload)["time"]
         detected = json.loads((await hermes.wait_for(lambda m: True)).payload)
         assert detected["siteId"] == "testsite" and detected["modelId"] == "HEY COMPUTER"
+        assert detected["modelVersion"] == __version__  # as the README says
 
         # Rhasspy's toggleOff mutes spotting (audio keeps flowing), toggleOn resumes it.
         assert daemon.pipeline is not None
@@ -82,6 +92,73 @@ async def test_home_assistant_and_hermes_are_wired(
             )
         )
         assert json.loads(config.payload)["event_types"] == ["HEY COMPUTER", "TURN ON THE LIGHTS"]
+
+
+async def wake_word(port: int, wav: Path) -> list[str]:
+    """Stream `wav` the way Home Assistant's Wyoming integration does (with the `wyoming`
+    package); the names detected, or [] after `not-detected`."""
+    pcm, rate = sf.read(wav, dtype="int16")
+    audio = {"rate": rate, "width": 2, "channels": 1}
+    names: list[str] = []
+    async with AsyncTcpClient("127.0.0.1", port) as client:
+        await client.write_event(Detect().event())
+        await client.write_event(AudioStart(**audio).event())
+        step = rate // 10
+        for start in range(0, len(pcm), step):
+            chunk = pcm[start : start + step].tobytes()
+            await client.write_event(AudioChunk(audio=chunk, **audio).event())
+        await client.write_event(AudioStop().event())
+        await client.write_event(Ping(text="end").event())  # answered after the stream's events
+        while True:
+            event = await asyncio.wait_for(client.read_event(), 30)
+            assert event is not None, f"the server closed the connection after {names}"
+            if Pong.is_type(event.type):
+                return names
+            if Detection.is_type(event.type):
+                names.append(Detection.from_event(event).name or "")
+            else:
+                assert NotDetected.is_type(event.type), event
+
+
+@pytest.mark.parametrize(("scope", "wyoming_hears"), [("source", True), ("all", False)])
+async def test_mute_scope_decides_whether_a_pause_silences_wyoming_clients(
+    tmp_path: Path,
+    assets: Path,
+    speech: Path,
+    mosquitto: Mosquitto,
+    mqtt_base_topic: str,
+    scope: str,
+    wyoming_hears: bool,
+) -> None:
+    """By default the pause switch, cmd/pause and Hermes toggleOff mute the daemon's own
+    microphone only; Home Assistant satellites streaming over Wyoming keep working."""
+    base = mqtt_base_topic
+    port = free_port()
+    values = {
+        **mqtt_settings(mosquitto.host, mosquitto.port, base),
+        "keywords.phrases": ["HEY COMPUTER"],
+        "audio.loop": True,
+        "audio.realtime": True,
+        "wyoming.enabled": True,
+        "wyoming.uri": f"tcp://127.0.0.1:{port}",
+    }
+    if scope != "source":
+        values["mute.scope"] = scope
+    daemon = Daemon(
+        make_settings(tmp_path, assets, speech, **values), install_signal_handlers=False
+    )
+    async with mosquitto.subscriber(f"{base}/cmd/result") as results, running(daemon):
+        await wait_until(lambda: mqtt_link(daemon).connected, what="MQTT")
+        assert await wake_word(port, speech) == ["HEY COMPUTER"]  # not paused yet
+        await mosquitto.publish(f"{base}/cmd/pause", b'{"reason": "movie night"}')
+        assert CommandReply.from_json((await results.next()).payload).ok
+        assert daemon.mute.paused
+        heard = await wake_word(port, speech)
+        assert daemon.pipeline is not None
+        stats = daemon.pipeline.stats
+        muted = stats.muted_dropped
+        await wait_until(lambda: stats.muted_dropped > muted, what="the own source muted")
+    assert heard == (["HEY COMPUTER"] if wyoming_hears else [])
 
 
 async def _get(port: int, path: str) -> tuple[int, str]:

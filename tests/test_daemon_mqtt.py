@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -205,10 +206,8 @@ async def test_keywords_set_over_mqtt_survive_a_restart(
         assert {KeywordsPayload.from_json(m.payload).version for m in states} == {2}
 
 
-async def test_sigterm_publishes_offline_and_exits_0_within_2s(
-    tmp_path: Path, assets: Path, speech: Path, mosquitto: Mosquitto, mqtt_base_topic: str
-) -> None:
-    base = mqtt_base_topic
+def kwsd_run(tmp_path: Path, assets: Path, speech: Path, broker: Mosquitto, base: str) -> Any:
+    """`kwsd run` as a service runs it: real-time looped speech, JSON logs on stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KWSD_")}
     env.pop("NOTIFY_SOCKET", None)
     argv = [
@@ -226,15 +225,22 @@ async def test_sigterm_publishes_offline_and_exits_0_within_2s(
         "--log-format",
         "json",
         *("--set", f"data_dir={tmp_path}"),
-        *("--set", f"mqtt.host={mosquitto.host}"),
-        *("--set", f"mqtt.port={mosquitto.port}"),
+        *("--set", f"mqtt.host={broker.host}"),
+        *("--set", f"mqtt.port={broker.port}"),
         *("--set", f"mqtt.base_topic={base}"),
         *("--set", "homeassistant.discovery=false"),
     ]
+    return asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+async def test_sigterm_publishes_offline_and_exits_0_within_2s(
+    tmp_path: Path, assets: Path, speech: Path, mosquitto: Mosquitto, mqtt_base_topic: str
+) -> None:
+    base = mqtt_base_topic
     async with mosquitto.subscriber(f"{base}/#") as sub:
-        process = await asyncio.create_subprocess_exec(
-            *argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        process = await kwsd_run(tmp_path, assets, speech, mosquitto, base)
         try:
             await sub.wait_for(
                 lambda m: m.topic.value == f"{base}/status" and m.payload == b"online", within=30
@@ -256,3 +262,50 @@ async def test_sigterm_publishes_offline_and_exits_0_within_2s(
         )
     assert (await retained(mosquitto, f"{base}/status")).payload == b"offline"
     assert '"kwsd stopped"' in err
+
+
+async def test_sigterm_while_the_broker_is_down_says_how_many_detections_are_lost(
+    tmp_path: Path,
+    assets: Path,
+    speech: Path,
+    mosquitto_restartable: Mosquitto,
+    mqtt_base_topic: str,
+) -> None:
+    broker, base = mosquitto_restartable, mqtt_base_topic
+    async with broker.subscriber(f"{base}/detection") as sub:
+        process = await kwsd_run(tmp_path, assets, speech, broker, base)
+        await sub.next(within=30)  # connected, and audio flows
+    assert process.stderr is not None
+    lines: list[dict[str, Any]] = []
+
+    async def read_log() -> None:
+        assert process.stderr is not None
+        while line := await process.stderr.readline():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(line))
+
+    reader = asyncio.create_task(read_log())
+    try:
+        broker.stop()
+
+        def detections_after_the_loss() -> int:
+            lost = [
+                i
+                for i, e in enumerate(lines)
+                if "connection" in e["event"] and "lost" in e["event"]
+            ]
+            return sum(1 for e in lines[lost[0] :] if e["event"] == "detection") if lost else 0
+
+        await wait_until(lambda: detections_after_the_loss() >= 1, within=20, what="a detection")
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), timeout=5)
+        await reader
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    [warning] = [e for e in lines if "not delivered" in e["event"]]
+    assert warning["level"] == "warning"
+    count = detections_after_the_loss()
+    assert f"stopping with {count} detection(s)" in warning["event"], (count, warning)

@@ -178,6 +178,22 @@ async def test_metrics_expose_names_and_updated_values(daemon: Daemon) -> None:
     assert 'kwsd_build_info{backend="onnx",version="' in text
 
 
+async def test_mqtt_drop_counters_follow_the_links_totals(daemon: Daemon) -> None:
+    m = daemon.metrics
+    before = (await get(f"{daemon.server.url}/metrics"))[2].decode()
+    assert 'kwsd_outbox_dropped_total{reason="expired"} 0.0' in before  # there from the start
+    assert 'kwsd_mqtt_incoming_dropped_total{kind="command"} 0.0' in before
+    totals = {"outbox_full": 2, "outbox_expired": 5, "commands_dropped": 7}
+    m.set_mqtt_totals(**totals, incoming_dropped=1, connections=1)
+    m.set_mqtt_totals(**totals, incoming_dropped=1, connections=3)  # two reconnects later
+    text = (await get(f"{daemon.server.url}/metrics"))[2].decode()
+    assert 'kwsd_outbox_dropped_total{reason="full"} 2.0' in text
+    assert 'kwsd_outbox_dropped_total{reason="expired"} 5.0' in text
+    assert 'kwsd_mqtt_incoming_dropped_total{kind="command"} 7.0' in text
+    assert 'kwsd_mqtt_incoming_dropped_total{kind="other"} 1.0' in text
+    assert "kwsd_mqtt_connections_total 3.0" in text
+
+
 async def test_metrics_openmetrics_negotiation(daemon: Daemon) -> None:
     status, headers, body = await get(
         f"{daemon.server.url}/metrics", accept="application/openmetrics-text; version=1.0.0"

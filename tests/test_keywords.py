@@ -91,6 +91,22 @@ def test_missing_phrase_and_pieces_is_refused() -> None:
         parse_keyword_line("LIGHT UP :high")
 
 
+@pytest.mark.parametrize(
+    ("display", "named"),
+    [("HEY\x00COMPUTER", "NUL"), ("HEY\tCOMPUTER", "tab"), ("HEY\nCOMPUTER", "line feed"),
+     ("HEY COMPUTER\r", "carriage return"), ("HEY\x1bCOMPUTER", "U+001B")],
+)  # fmt: skip
+def test_display_names_with_control_characters_are_refused(display: str, named: str) -> None:
+    """They would go into MQTT topics (a NUL is not allowed in one), HA names and logs."""
+    with pytest.raises(KeywordError) as info:
+        parse_keyword_entries([{"phrase": "HEY COMPUTER", "display": display}])
+    assert f"contains a control character ({named} at position" in str(info.value)
+    if not any(c.isspace() for c in display):  # whitespace separates words in a line
+        with pytest.raises(KeywordError, match="control character"):
+            parse_keyword_line(f"HEY COMPUTER @{display}")
+    assert KeywordSpec(phrase="HEY COMPUTER", display="Hé Computer ☕").display == "Hé Computer ☕"
+
+
 def test_duplicates_are_merged_with_a_warning(tokenizer: Tokenizer) -> None:
     ks = compile_(parse_keyword_lines("LIGHT UP\n# comment\n\n▁ L IGHT ▁UP @OTHER\n"), tokenizer)
     assert [k.display for k in ks.keywords] == ["LIGHT UP"]

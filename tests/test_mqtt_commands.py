@@ -27,8 +27,11 @@ def test_parse_keyword_command_shapes() -> None:
 
 
 def test_parse_state_commands() -> None:
-    assert parse_command("pause", b"").reason is None
-    assert parse_command("pause", b"  \n").name == "pause"
+    assert parse_command("pause", b"{}").reason is None
+    assert parse_command("pause", b" {} \n").name == "pause"
+    for empty in (b"", b"  \n"):  # clearing a retained message, not a command
+        with pytest.raises(CommandError, match="an empty payload is not a command"):
+            parse_command("pause", empty)
     resume = parse_command("resume", b'{"reason": "tv", "id": "a"}')
     assert (resume.name, resume.reason, resume.id) == ("resume", "tv", "a")
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from kwsd.mqtt import Outbox, OutMessage
 
 
@@ -73,4 +75,85 @@ async def test_outbox_drained_waits_for_every_ack() -> None:
     await asyncio.sleep(0)
     assert not waiter.done()
     box.ack(tickets[1])
+    await asyncio.wait_for(waiter, 1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_events_older_than_the_maximum_age_are_dropped_and_counted() -> None:
+    clock = Clock()
+    box = Outbox(10, max_age=30.0, clock=clock)
+    box.put(event(0))
+    clock.now += 20
+    box.put(event(1))
+    in_flight = await box.take()  # event 0, sent but not acknowledged
+    box.rewind()  # the connection died: it is queued again, with its original age
+    clock.now += 15  # event 0 is 35 s old, event 1 is 15 s old
+    assert [(await box.take()).message.payload] == [b"1"]
+    assert (box.expired, box.dropped, len(box)) == (1, 0, 1)
+    box.ack(in_flight)  # a stale ack changes nothing
+    clock.now += 31
+    box.put(event(2))  # expiring leaves what is in flight alone
+    assert [m.payload for m in box.queued()] == [b"1", b"2"]
+    assert box.expire() == 0
+
+
+async def test_expiry_can_be_switched_off() -> None:
+    clock = Clock()
+    box = Outbox(10, clock=clock)
+    box.put(event(0))
+    clock.now += 1e6
+    assert box.expire() == 0 and (await box.take()).message.payload == b"0"
+
+
+async def test_an_acknowledged_deletion_is_not_sent_again() -> None:
+    box = Outbox(10)
+    box.set_state(state("ha/trigger/a/config", b"{}"))
+    box.set_state(state("ha/trigger/b/config", b"{}"))
+    for ticket in [await box.take(), await box.take()]:
+        box.ack(ticket)
+    box.set_state(state("ha/trigger/a/config", b""))  # keyword a removed
+    box.set_state(state("ha/trigger/b/config", b""))  # keyword b removed ...
+    deletion_a, deletion_b = await box.take(), await box.take()
+    box.ack(deletion_a)
+    box.set_state(state("ha/trigger/b/config", b"{}"))  # ... and added back meanwhile
+    box.ack(deletion_b)
+    box.rewind()  # a reconnect re-sends the live state only
+    resent = [await box.take()]
+    assert [(t.message.topic, t.message.payload) for t in resent] == [
+        ("ha/trigger/b/config", b"{}")
+    ]
+    assert box.state("ha/trigger/a/config") is None
+
+
+async def test_a_deletion_lost_with_the_connection_is_sent_again() -> None:
+    box = Outbox(10)
+    box.set_state(state("ha/trigger/a/config", b""))
+    await box.take()  # sent, the connection died before the PUBACK
+    box.rewind()
+    again = await box.take()
+    assert (again.message.topic, again.message.payload) == ("ha/trigger/a/config", b"")
+    box.ack(again)
+    box.rewind()
+    with pytest.raises(TimeoutError):  # nothing left to send
+        await asyncio.wait_for(box.take(), 0.05)
+
+
+async def test_room_for_replies_is_half_the_outbox() -> None:
+    box = Outbox(4)
+    box.put(event(0))
+    box.put(event(1))
+    assert box.has_room
+    box.put(event(2))
+    assert not box.has_room
+    waiter = asyncio.create_task(box.room())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    box.ack(await box.take())
     await asyncio.wait_for(waiter, 1)

@@ -8,18 +8,24 @@ are queued by the broker instead of racing the test.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
 import textwrap
 from collections.abc import Callable
 
 import aiomqtt
-from async_support import wait_until
+import structlog
+from async_support import scrape_metrics, wait_until
 from mqtt_broker import Mosquitto, link_options, running
 
+from kwsd.config import HomeAssistantSettings, MqttSettings
 from kwsd.detection import Detection
+from kwsd.health import HealthServer, health_source
+from kwsd.integrations.homeassistant import HomeAssistantDiscovery
 from kwsd.keywords.spec import KeywordSpec
-from kwsd.mqtt import KeywordsPayload, MqttLink, MqttOptions
+from kwsd.metrics import Metrics
+from kwsd.mqtt import KeywordsPayload, MqttLink, MqttOptions, MqttOutput
 
 Predicate = Callable[[aiomqtt.Message], bool]
 KEYWORDS = KeywordsPayload(3, (KeywordSpec(phrase="LIGHT UP"),))
@@ -246,3 +252,168 @@ async def test_connect_attempts_to_a_silent_broker_leave_no_socket_open() -> Non
             lambda: len(open_connections) <= 1, within=5, what="timed-out attempts to close"
         )
         assert not link.connected
+
+
+# ------------------------------------------------------- nothing lost unaccounted
+
+
+async def test_detections_older_than_the_maximum_age_are_dropped_not_delivered_late(
+    mosquitto_restartable: Mosquitto, mqtt_base_topic: str
+) -> None:
+    broker, base = mosquitto_restartable, mqtt_base_topic
+    await create_session(broker, base)
+    broker.stop()
+    link = make_link(broker, base, outbox_max_age_seconds=1.0)
+    with structlog.testing.capture_logs() as logs:
+        async with running(link, connect=False):
+            stale = link.publish_detection(detection(1)).id
+            await asyncio.sleep(1.3)
+            fresh = link.publish_detection(detection(2)).id
+            assert (link.status.queued, link.status.expired) == (1, 1)
+            broker.start()
+            await wait_until(lambda: link.connected and link.status.queued == 0, what="delivery")
+            async with broker.subscriber(f"{base}/#", session="observer") as sub:
+                got = json.loads((await sub.wait_for(on("/detection"))).payload)["id"]
+                await broker.publish(f"{base}/detection", b"probe")
+                assert (await sub.wait_for(on("/detection"))).payload == b"probe"  # no more
+    assert got == fresh != stale
+    assert (link.status.expired, link.status.delivered) == (1, 1)
+    [warning] = [e for e in logs if "older than 1 s" in e["event"]]
+    assert warning["log_level"] == "warning" and "dropped 1 queued message" in warning["event"]
+
+
+async def test_stopping_with_undelivered_detections_warns_with_the_count(
+    mosquitto_restartable: Mosquitto, mqtt_base_topic: str
+) -> None:
+    broker, base = mosquitto_restartable, mqtt_base_topic
+    broker.stop()
+    link = make_link(broker, base)
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(link.run())
+        await wait_until(lambda: link.status.last_error is not None, what="a failed connect")
+        for n in range(3):
+            link.publish_detection(detection(n))
+        link.publish(f"{base}/event", b"{}")  # e.g. the Home Assistant event of one of them
+        link.stop()
+        await asyncio.wait_for(task, 5)
+    [warning] = [e for e in logs if "not delivered" in e["event"]]
+    assert warning["log_level"] == "warning"
+    assert "stopping with 3 detection(s) (4 message(s) in all)" in warning["event"]
+    assert warning["broker"] == f"127.0.0.1:{broker.port}"
+
+
+async def test_dropped_and_expired_events_are_counters_in_metrics(
+    mosquitto_restartable: Mosquitto, mqtt_base_topic: str
+) -> None:
+    broker, base = mosquitto_restartable, mqtt_base_topic
+    broker.stop()
+    link = make_link(broker, base, outbox_size=3, outbox_max_age_seconds=1.0)
+    metrics = Metrics()
+    output = MqttOutput(link, metrics=metrics)
+    async with HealthServer(health_source(), metrics, port=0) as health:
+        await output.start()
+        try:
+            for n in range(5):
+                link.publish_detection(detection(n))  # two pushed out of the full outbox
+            await asyncio.sleep(1.2)
+            link.publish_detection(detection(5))  # the three others have expired
+            await asyncio.sleep(1.2)  # one export of the counters
+            body = await scrape_metrics(health.port)
+        finally:
+            await output.close()
+    assert 'kwsd_outbox_dropped_total{reason="full"} 2.0' in body
+    assert 'kwsd_outbox_dropped_total{reason="expired"} 3.0' in body
+    assert "kwsd_outbox_messages 1.0" in body
+
+
+# ---------------------------------------------------------------- retained state
+
+
+async def test_deletions_of_removed_keywords_are_sent_once(
+    mosquitto_restartable: Mosquitto, mqtt_base_topic: str
+) -> None:
+    """Home Assistant discovery deletes the trigger of every removed keyword with an empty
+    retained config. After the broker has it, a reconnect must not send it again: rounds
+    of keyword changes would otherwise grow what every reconnect re-sends, ahead of the
+    detections."""
+    broker, base = mosquitto_restartable, mqtt_base_topic
+    prefix = f"{base}-ha"
+    link = make_link(broker, base)
+    ha = HomeAssistantDiscovery(
+        link, HomeAssistantSettings(discovery_prefix=prefix, node_id="kitchen"), "kitchen", "1"
+    )
+    async with running(link):
+        for round_ in range(3):  # 20 keywords each, all removed by the next round
+            ha.publish([f"KEYWORD {round_} {n}" for n in range(20)])
+            await link.flush()
+        ha.publish(["HEY COMPUTER"])
+        await link.flush()
+        async with broker.subscriber(f"{prefix}/#", session="ha-observer"):
+            pass  # the broker queues what the reconnect sends while the observer is away
+        broker.stop()
+        await wait_until(lambda: not link.connected, what="the link to notice")
+        broker.start()
+        await wait_until(lambda: link.status.connects == 2, what="the reconnect")
+        await link.flush()
+        async with broker.subscriber(f"{prefix}/#", session="ha-observer") as sub:
+            await broker.publish(f"{prefix}/probe", b"end")
+            await sub.wait_for(lambda m: m.payload == b"end")
+    resent = [m for m in sub.messages if m.topic.value != f"{prefix}/probe"]
+    deletions = [m.topic.value for m in resent if not m.payload]
+    assert deletions == []
+    live = {m.topic.value for m in resent}
+    assert f"{prefix}/device_automation/kitchen/keyword_hey_computer/config" in live
+    assert len(live) == 2  # the event entity and the one trigger
+
+
+# ------------------------------------------------------------------- reconnecting
+
+
+async def test_reconnects_within_3_s_of_the_broker_returning(
+    mosquitto_restartable: Mosquitto, mqtt_base_topic: str
+) -> None:
+    """With the default reconnect settings, a 7 s outage.
+
+    That is long enough for the exponential schedule (1, 2, 4, 8 s, jittered) to wait
+    4-8 s, often past the broker's return. During the first minute of an outage the
+    delay is held at 1-2 s however many attempts failed, so the gaps between attempts
+    measured here bound the delay for any outage under a minute.
+    """
+    broker, base = mosquitto_restartable, mqtt_base_topic
+    defaults = MqttSettings()
+    link = make_link(
+        broker,
+        base,
+        reconnect_min_seconds=defaults.reconnect_min_seconds,
+        reconnect_max_seconds=defaults.reconnect_max_seconds,
+    )
+    loop = asyncio.get_running_loop()
+    attempts: list[float] = []  # when the loss, each failed attempt and the reconnect were seen
+
+    def outcomes() -> int:
+        return link.status.failures + link.status.connects
+
+    async def record() -> None:
+        seen = outcomes()
+        while True:
+            if outcomes() != seen:
+                seen = outcomes()
+                attempts.append(loop.time())
+            await asyncio.sleep(0.005)
+
+    async with running(link):
+        recorder = asyncio.create_task(record())
+        broker.stop()
+        await wait_until(lambda: not link.connected, what="the link to notice")
+        lost = loop.time()
+        await asyncio.sleep(lost + 7.0 - loop.time())
+        broker.start()  # returns once the broker accepts connections
+        back = loop.time()
+        await wait_until(lambda: link.connected, within=20, what="the reconnect")
+        elapsed = loop.time() - back
+        await asyncio.sleep(0.05)
+        recorder.cancel()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    assert len(attempts) >= 5, attempts  # lost, >= 3 failed attempts, reconnected
+    assert max(gaps) < 2.7, f"a {max(gaps):.1f} s gap between attempts: {gaps}"
+    assert elapsed < 3.0, f"reconnected {elapsed:.1f} s after the broker came back"

@@ -391,11 +391,24 @@ class MqttSettings(_Section):
         description="Messages kept while the broker is unreachable; the oldest are dropped "
         "beyond this.",
     )
+    outbox_max_age_seconds: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="Queued events (detections, command replies) older than this are dropped "
+        'and counted instead of being delivered late: a "lights on" that arrives minutes '
+        "after it was said is worse than none, and by then the user has repeated it or "
+        "given up. 30 s covers a broker or Wi-Fi restart. 0 = no limit (e.g. to log "
+        "every detection).",
+    )
     reconnect_min_seconds: float = Field(
         default=1.0, gt=0.0, description="First reconnect delay; doubles on each failure."
     )
     reconnect_max_seconds: float = Field(
-        default=60.0, gt=0.0, description="Longest reconnect delay."
+        default=60.0,
+        gt=0.0,
+        description="Longest reconnect delay. For the first minute of an outage kwsd retries "
+        "at least every 2 s (or every reconnect_min_seconds, if longer), so it is back within "
+        "about 2 s of the broker's return; after that the delay doubles up to this.",
     )
 
     @field_validator("host", "username", mode="before")
@@ -544,6 +557,12 @@ class WyomingSettings(_Section):
 
 
 class MuteSettings(_Section):
+    scope: Literal["source", "all"] = Field(
+        default="source",
+        description='What a mute silences: "source" = only this daemon\'s own audio source '
+        "(the pause switch, cmd/pause, Hermes toggleOff and mute_while_topic are about this "
+        'microphone); "all" = the Wyoming wake-word clients too.',
+    )
     mute_while_topic: str | None = Field(
         default=None,
         description='Mute spotting while the last payload on this MQTT topic is truthy ("ON", '

@@ -285,10 +285,12 @@ class HomeAssistantDiscovery:
             )
             return
         text = message.payload.decode("utf-8", "replace").strip().upper()
+        if not text:
+            return  # not a command: someone cleared a retained message on the topic
         if text == ON:
-            self.link.publish(self._pause_topic, b"", retain=False)
+            self.link.publish(self._pause_topic, b"{}", retain=False)
         elif text == OFF:
-            self.link.publish(self._resume_topic, b"", retain=False)
+            self.link.publish(self._resume_topic, b"{}", retain=False)
         else:
             log.warning(
                 "pause switch command ignored: send ON or OFF",

@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_CONTROL_NAMES = {"\0": "NUL", "\t": "tab", "\n": "line feed", "\r": "carriage return"}
+
+
+def _control_character_problem(text: str) -> str | None:
+    """Why `text` cannot be a display name, or None.
+
+    A display name travels into MQTT topics (Hermes `hermes/hotword/<id>/detected`),
+    Home Assistant event types and trigger names, JSON and log lines. A control
+    character breaks or garbles every one of them (a NUL is not allowed in an MQTT
+    topic at all), so it is refused when the keyword is defined, not at every detection.
+    """
+    for position, char in enumerate(text, 1):
+        if unicodedata.category(char) == "Cc":
+            name = _CONTROL_NAMES.get(char, f"U+{ord(char):04X}")
+            return (
+                f"display name {text!r} contains a control character ({name} at position "
+                f"{position}); use letters, digits, spaces and punctuation"
+            )
+    return None
 
 
 class KeywordSpec(BaseModel):
@@ -28,6 +50,14 @@ class KeywordSpec(BaseModel):
     def _split_piece_string(cls, value: object) -> object:
         # "▁ L IGHT ▁UP" is the natural way to write pieces in TOML/JSON.
         return value.split() if isinstance(value, str) else value
+
+    @field_validator("display")
+    @classmethod
+    def _printable_display(cls, value: str | None) -> str | None:
+        problem = None if value is None else _control_character_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("alternates", mode="before")
     @classmethod

@@ -3,8 +3,9 @@
 Three layers, top to bottom:
 
 - `CommandChannel` sits on an MqttLink: it subscribes to the command topics, ignores
-  retained commands, parses, hands the Command to its handler and publishes the
-  CommandReply on `<base>/cmd/result` (and the MQTT 5 response topic).
+  empty messages, refuses retained commands, parses, hands the Command to its handler
+  and publishes the CommandReply on `<base>/cmd/result` (and the MQTT 5 response
+  topic).
 - `parse_command` only checks the *shape* of a payload (size, encoding, JSON types).
 - `RegistryCommands`, the daemon's handler, turns a Command into a call on the keyword
   registry (kwsd/registry.py) and its typed result into a CommandResult. Whether a
@@ -129,6 +130,11 @@ class CommandChannel:
     Commands are handled one at a time in arrival order (the link's dispatcher), and
     every command gets exactly one reply, also when it cannot be parsed, the handler
     refuses it, or the handler crashes. Without a handler every command is refused.
+
+    An empty message is not a command: it is how MQTT clears a retained message
+    (`mosquitto_pub -r -n -t ...`), and whoever sends one wants nothing to happen. A
+    command that carries the retain flag is refused, because the broker would apply
+    it again at every reconnect; the refusal says how to clear it.
     """
 
     def __init__(self, link: MqttLink, handler: CommandHandler | None = None) -> None:
@@ -140,16 +146,21 @@ class CommandChannel:
     async def _on_command(self, message: InboundMessage) -> None:
         topics = self.link.topics
         verb = topics.command_verb(message.topic) or message.topic
-        if message.retain:
-            # A retained command would be re-applied after every reconnect.
-            log.warning(
-                "ignoring a retained MQTT command; clear it with "
-                f"`mosquitto_pub -r -n -t '{message.topic}'`",
+        if not message.payload.strip():
+            log.info(
+                "ignoring an empty MQTT message on a command topic: an empty payload is "
+                "not a command (it clears a retained message)",
                 topic=message.topic,
             )
             return
         command_id: str | None = None
         try:
+            if message.retain:
+                raise CommandError(
+                    "retained commands are refused: the broker would apply this one again "
+                    "at every reconnect. Publish commands without the retain flag, and clear "
+                    f"this one with `mosquitto_pub -r -n -t '{message.topic}'`"
+                )
             command = parse_command(
                 verb, message.payload, max_bytes=self.link.options.max_command_bytes
             )
@@ -267,14 +278,14 @@ def _command_id(envelope: dict[str, Any]) -> str | None:
 
 
 def _parse_state_command(name: CommandName, text: str) -> Command:
+    example = '`{}` or a JSON object like {"reason": "tv on", "id": "42"}'
     if not text.strip():
-        return Command(name=name)
+        raise CommandError(
+            f"an empty payload is not a command (it clears a retained message): send {example}"
+        )
     value = _load_json(text)
     if not isinstance(value, dict):
-        raise CommandError(
-            f"`{name}` takes an empty payload or a JSON object like "
-            '{"reason": "tv on", "id": "42"}'
-        )
+        raise CommandError(f"`{name}` takes {example}")
     ident = _command_id(value)
     unknown = sorted(set(value) - {"id", "reason"})
     if unknown:

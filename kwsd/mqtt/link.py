@@ -6,6 +6,18 @@ re-publishes the retained state, drains the outbox, and on any failure reconnect
 backoff while the outbox keeps filling. Incoming messages are handled one at a time by
 a dispatcher that outlives connections, so a command reply is never lost to a reconnect.
 
+Nothing is dropped without a count and a log line: events pushed out of a full outbox,
+events older than `outbox_max_age_seconds`, received messages beyond the inbox bound,
+and whatever is still queued when the link stops. The dispatcher reads the next
+message only while the outbox has room for its reply, so a flood of commands is
+answered at the pace the broker takes the replies, instead of the replies pushing
+each other (and detections) out of the outbox.
+
+Reconnecting: for the first minute of an outage the link retries every 1-2 s
+(`PROMPT_RECONNECT_*`), so a broker restart costs seconds, not the tens of seconds an
+exponential schedule reaches by then; a longer outage backs off up to
+`reconnect_max_seconds`.
+
 The link is transport only. What the messages mean lives on top of it: commands in
 kwsd/mqtt/commands.py, the detection output in kwsd/mqtt/output.py, and the Home
 Assistant, Hermes and mute-topic integrations in kwsd/integrations/.
@@ -27,10 +39,12 @@ import aiomqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from kwsd.backoff import Backoff
 from kwsd.detection import Detection
 from kwsd.mqtt.diagnose import explain_connect_error, explain_connection_lost
+from kwsd.mqtt.inbox import Inbox
 from kwsd.mqtt.messages import InboundMessage, OutMessage
 from kwsd.mqtt.options import MqttOptions
 from kwsd.mqtt.outbox import Outbox, Ticket
@@ -46,7 +60,12 @@ MessageCallback = Callable[[InboundMessage], Awaitable[None]]
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
 _WINDOW: Final = 8  # publishes awaiting their PUBACK at once (aiomqtt warns above 10)
-_INBOX_SIZE: Final = 256
+# For this long after the connection is lost, retry at least this often (see the module
+# docstring); measured from the loss, so an outage under a minute costs at most ~2 s
+# after the broker is back.
+PROMPT_RECONNECT_WINDOW: Final = 60.0
+PROMPT_RECONNECT_CEILING: Final = 2.0
+_ROOM_RECHECK: Final = 0.1  # while waiting for outbox room: how often to re-check the link
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +79,10 @@ class LinkStatus:
     dropped: int  # events dropped because the outbox was full
     delivered: int
     connects: int  # successful connections since start
+    failures: int = 0  # failed connection attempts and lost connections since start
+    expired: int = 0  # events dropped because they waited longer than the maximum age
+    commands_dropped: int = 0  # commands dropped unanswered: the inbox was full
+    incoming_dropped: int = 0  # other received messages dropped: the inbox was full
 
 
 class _PahoLog(logging.Logger):
@@ -107,9 +130,11 @@ class MqttLink:
                 broker=options.address,
             )
         self.client_id = options.client_id or _default_client_id(site)
-        self._outbox = Outbox(options.outbox_size)
+        self._outbox = Outbox(options.outbox_size, max_age=options.outbox_max_age_seconds)
         self._subscriptions: dict[str, list[MessageCallback]] = {}
-        self._inbox: asyncio.Queue[InboundMessage] = asyncio.Queue(_INBOX_SIZE)
+        self._inbox = Inbox(options.inbox_messages, options.inbox_bytes)
+        self._commands_dropped = 0
+        self._expired_reported = 0
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -117,6 +142,7 @@ class MqttLink:
         self._background: set[asyncio.Task[None]] = set()
         self._last_error: str | None = None
         self._connects = 0
+        self._failures = 0
         self._keywords_version: int | str | None = None
         self._last_detection: tuple[Detection, DetectionPayload] | None = None
         # First state topic, so it is the first message after every (re)connect.
@@ -138,6 +164,10 @@ class MqttLink:
             dropped=self._outbox.dropped,
             delivered=self._outbox.delivered,
             connects=self._connects,
+            failures=self._failures,
+            expired=self._outbox.expired,
+            commands_dropped=self._commands_dropped,
+            incoming_dropped=self._inbox.dropped - self._commands_dropped,
         )
 
     @property
@@ -225,7 +255,9 @@ class MqttLink:
             self._spawn(self._subscribe(client, [topic_filter]))
 
     def _put(self, message: OutMessage) -> None:
-        if self._outbox.put(message):
+        full = self._outbox.put(message)
+        self._report_expired()
+        if full:
             dropped = self._outbox.dropped
             if dropped == 1 or dropped % 100 == 0:
                 log.warning(
@@ -234,6 +266,24 @@ class MqttLink:
                     outbox_size=self._outbox.maxsize,
                     dropped_total=dropped,
                 )
+
+    def _expire(self) -> None:
+        self._outbox.expire()
+        self._report_expired()
+
+    def _report_expired(self) -> None:
+        """Log the events that expired since the last report (the outbox expires them as
+        it goes: when one is queued or taken)."""
+        count = self._outbox.expired - self._expired_reported
+        self._expired_reported = self._outbox.expired
+        if count:
+            log.warning(
+                f"MQTT: dropped {count} queued message(s) older than "
+                f"{self.options.outbox_max_age_seconds:g} s instead of delivering them late "
+                "(mqtt.outbox_max_age_seconds)",
+                broker=self.options.address,
+                expired_total=self._outbox.expired,
+            )
 
     # -------------------------------------------------------------- lifecycle
 
@@ -249,15 +299,22 @@ class MqttLink:
         self._outbox.set_state(OutMessage(self.topics.status, ONLINE, 1, True))
         dispatcher = asyncio.create_task(self._dispatch(), name="kwsd-mqtt-dispatch")
         backoff = Backoff(self.options.reconnect_min_seconds, self.options.reconnect_max_seconds)
+        loop = asyncio.get_running_loop()
+        outage_since = loop.time()
         try:
             while not self._stopping.is_set():
+                connects = self._connects
                 try:
                     await self._session(backoff)
                 except _SessionEndedError as ended:
                     self._record_failure(ended, backoff)
+                if self._connects != connects:
+                    outage_since = loop.time()  # was connected: the outage starts now
                 if self._stopping.is_set():
                     break
-                delay = backoff.next_delay()
+                self._expire()
+                early = loop.time() - outage_since < PROMPT_RECONNECT_WINDOW
+                delay = backoff.next_delay(cap=PROMPT_RECONNECT_CEILING if early else None)
                 log.debug("MQTT reconnect scheduled", delay_s=round(delay, 2))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
@@ -269,8 +326,24 @@ class MqttLink:
             for task in (dispatcher, *self._background):
                 task.cancel()
             await asyncio.gather(dispatcher, *self._background, return_exceptions=True)
+            self._report_undelivered()
+
+    def _report_undelivered(self) -> None:
+        """Say how much is lost when the link stops with events still queued."""
+        queued = self._outbox.queued()
+        if not queued:
+            return
+        detections = sum(1 for m in queued if m.topic == self.topics.detection)
+        log.warning(
+            f"MQTT: stopping with {detections} detection(s) ({len(queued)} message(s) in all) "
+            "not delivered to the broker",
+            broker=self.options.address,
+            connected=self.connected,
+            last_error=self._last_error,
+        )
 
     def _record_failure(self, ended: _SessionEndedError, backoff: Backoff) -> None:
+        self._failures += 1
         message = str(ended)
         repeated = message == self._last_error
         self._last_error = message
@@ -375,9 +448,7 @@ class MqttLink:
             drained: asyncio.Future[Any] = asyncio.ensure_future(self._outbox.drained())
             waited: list[asyncio.Future[Any]] = [drained, failure]
             await asyncio.wait(waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            drained.cancel()
-            if len(self._outbox):
-                log.warning("MQTT shutdown: messages not delivered", queued=len(self._outbox))
+            drained.cancel()  # what is left is reported when the link stops
         if failure.done():
             return  # the connection is gone: the broker publishes the will instead
         try:
@@ -396,9 +467,26 @@ class MqttLink:
                 log.debug("MQTT disconnect was not clean", error=str(exc))
 
     async def _subscribe(self, client: aiomqtt.Client, filters: list[str]) -> None:
+        """Subscribe at QoS 0; on MQTT 5 with Retain As Published.
+
+        QoS 0 because QoS 1 would only cost: kwsd's sessions are clean, so the broker
+        never redelivers to it across a reconnect anyway, and at QoS 1 the broker holds
+        what kwsd has not acknowledged in a small window and a bounded queue (mosquitto:
+        20 in flight, `max_queued_messages` 1000), then drops. A flood of commands
+        faster than kwsd reads would be dropped there, without a trace in kwsd. At QoS 0
+        the broker writes to the socket, and TCP flow control slows it down instead.
+
+        Retain As Published keeps the retain flag a message was published with even when
+        it arrives live, so a retained command is refused however it arrives (on 3.1.1
+        only the broker's replay of a retained message is marked).
+        """
         if not filters:
             return
-        granted = await client.subscribe([(f, 1) for f in filters])
+        if self.options.protocol == "5":
+            options = SubscribeOptions(qos=0, retainAsPublished=True)
+            granted = await client.subscribe([(f, options) for f in filters])
+        else:
+            granted = await client.subscribe([(f, 0) for f in filters])
         for topic_filter, code in zip(filters, granted, strict=False):
             refused = code.is_failure if hasattr(code, "is_failure") else code == 0x80
             if refused:
@@ -422,6 +510,7 @@ class MqttLink:
             while True:
                 await window.acquire()
                 ticket = await self._outbox.take()
+                self._report_expired()
                 task = asyncio.create_task(self._deliver(client, ticket, failure))
                 pending.add(task)
                 task.add_done_callback(finished)
@@ -476,13 +565,40 @@ class MqttLink:
                 response_topic=str(response_topic) if response_topic else None,
                 correlation_data=bytes(correlation) if correlation is not None else None,
             )
-            try:
-                self._inbox.put_nowait(inbound)
-            except asyncio.QueueFull:
-                log.warning("MQTT inbox full: message dropped", topic=inbound.topic)
+            if not self._inbox.offer(inbound):
+                self._report_inbox_drop(inbound)
+
+    def _report_inbox_drop(self, message: InboundMessage) -> None:
+        command = self.topics.is_command_topic(message.topic)
+        if command:
+            self._commands_dropped += 1
+        dropped = self._inbox.dropped
+        if dropped == 1 or dropped % 100 == 0:
+            log.warning(
+                "MQTT: too many received messages waiting; dropped one"
+                + (" command, which gets no reply" if command else ""),
+                topic=message.topic,
+                waiting=len(self._inbox),
+                dropped_total=dropped,
+                commands_dropped_total=self._commands_dropped,
+            )
+
+    async def _room_for_replies(self) -> None:
+        """While connected, wait until the outbox is at most half full.
+
+        Handlers publish (a command always replies), so taking the next message while
+        the outbox is filling up would make the replies push each other, and queued
+        detections, out of it. While disconnected nothing waits: the outbox cannot
+        drain then, and the backlog is bounded by the inbox.
+        """
+        while self.connected and not self._outbox.has_room:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_ROOM_RECHECK):
+                    await self._outbox.room()
 
     async def _dispatch(self) -> None:
         while True:
+            await self._room_for_replies()
             message = await self._inbox.get()
             topic = aiomqtt.Topic(message.topic)
             for topic_filter, callbacks in list(self._subscriptions.items()):
@@ -493,6 +609,10 @@ class MqttLink:
                         await callback(message)
                     except Exception:
                         log.exception("MQTT message handler failed", topic=message.topic)
+            # Handlers that never wait (pause, resume) would otherwise run a whole
+            # backlog in one go, holding up the event loop: the pipeline's detections,
+            # the writer, the health endpoint and the reader.
+            await asyncio.sleep(0)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         async def guarded() -> None:

@@ -80,12 +80,15 @@ class MqttOptions:
     protocol: MqttProtocol = "5"
     qos: int = 1
     outbox_size: int = 1000
+    outbox_max_age_seconds: float | None = 30.0  # None = events never expire
     reconnect_min_seconds: float = 1.0
     reconnect_max_seconds: float = 60.0
     # Not in the config file: tuned for tests and for a prompt shutdown.
     timeout_seconds: float = 10.0  # CONNACK / SUBACK / PUBACK wait before the link is deemed dead
     shutdown_timeout_seconds: float = 2.0  # time to deliver what is queued before `offline`
     max_command_bytes: int = DEFAULT_MAX_COMMAND_BYTES
+    inbox_messages: int = 4096  # received messages waiting for their handler
+    inbox_bytes: int = 16 * 1024 * 1024
 
     @property
     def address(self) -> str:
@@ -124,6 +127,7 @@ class MqttOptions:
             protocol=settings.protocol,
             qos=settings.qos,
             outbox_size=settings.outbox_size,
+            outbox_max_age_seconds=settings.outbox_max_age_seconds or None,
             reconnect_min_seconds=settings.reconnect_min_seconds,
             reconnect_max_seconds=settings.reconnect_max_seconds,
         )

@@ -120,14 +120,24 @@ class MqttOutput:
         )
         for future in (flush, stop):
             await _cancel(future)
-        if flush not in done:
-            log.warning("exiting with detections not delivered to MQTT", queued=link.status.queued)
+        if flush not in done:  # the link reports what it could not deliver when it stops
+            log.info(
+                "gave up waiting for the MQTT broker to take every detection",
+                waited_s=self.delivery_timeout,
+            )
 
     async def _export(self, metrics: Metrics) -> None:
         while True:
             status = self.link.status
             metrics.set_mqtt_connected(status.connected)
             metrics.set_outbox(status.queued)
+            metrics.set_mqtt_totals(
+                outbox_full=status.dropped,
+                outbox_expired=status.expired,
+                commands_dropped=status.commands_dropped,
+                incoming_dropped=status.incoming_dropped,
+                connections=status.connects,
+            )
             await asyncio.sleep(METRICS_POLL_SECONDS)
 
 
