@@ -16,7 +16,7 @@ import numpy as np
 from kwsd.backends.base import Backend, FloatArray
 from kwsd.detection import Detection
 from kwsd.keywords import KeywordSet
-from kwsd.search.graph import ContextGraph, GraphEntry, Node
+from kwsd.search.graph import ContextGraph, Node, graph_for
 
 UNK_ID = 2
 # Decoder outputs kept per context. Contexts are pairs of token ids, so even 2,000
@@ -48,14 +48,6 @@ def _log_add(a: float, b: float) -> float:
     return hi + float(np.log1p(np.exp(lo - hi)))
 
 
-def _build_graph(keywords: KeywordSet) -> ContextGraph:
-    return ContextGraph(
-        GraphEntry(ids, kw.boost, kw.threshold, index, pieces)
-        for index, kw in enumerate(keywords.keywords)
-        for ids, pieces in zip(kw.token_ids, kw.sequences, strict=True)
-    )
-
-
 class KeywordSearch:
     """One stream's search state; the backend and keyword set may be shared."""
 
@@ -83,14 +75,18 @@ class KeywordSearch:
         self._empty_ys = (-1,) * (self._context - 1) + (self._blank,)
         self._dec_cache: dict[tuple[int, ...], FloatArray] = {}
         self.frame = 0  # absolute encoder frame index of the next frame
-        self.keywords, self.graph = keywords, _build_graph(keywords)
+        self.keywords, self.graph = keywords, graph_for(keywords)
         self._pending: tuple[KeywordSet, ContextGraph] | None = None
         self.reset()
 
     # -- keyword list -------------------------------------------------------------
     def set_keywords(self, keywords: KeywordSet) -> None:
-        """Swap the keyword list; callers on other threads get it at the next frame."""
-        self._pending = (keywords, _build_graph(keywords))
+        """Swap the keyword list; callers on other threads get it at the next frame.
+
+        Cheap when the list's graph was built beforehand (`kwsd.search.graph.graph_for`,
+        as the registry does in its compile thread); otherwise the graph is built here.
+        """
+        self._pending = (keywords, graph_for(keywords))
 
     def reset(self) -> None:
         """Forget partial matches (not stream time)."""
