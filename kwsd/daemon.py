@@ -43,7 +43,6 @@ from kwsd.backends.base import Backend
 from kwsd.config import Settings
 from kwsd.config.watch import (
     EMPTIED_SETTLE_SECONDS,
-    SETTLE_SECONDS,
     FileKind,
     SettledFiles,
     Snapshot,
@@ -499,10 +498,10 @@ class Daemon:
         with a warning.
         """
         settle = SettledFiles(files)
-        minimum = SETTLE_SECONDS
+        hold: tuple[Snapshot, float] | None = None
         first = True
         while True:
-            snapshot = await settle.wait(minimum)
+            snapshot = await settle.wait(hold=hold)
             if first and snapshot == self._last_read:
                 return  # a late event for content that was already read
             first = False
@@ -517,14 +516,14 @@ class Daemon:
                 if read is None:
                     return
                 emptied = read[1].emptied_since(registry.configured)
-                if emptied and minimum < EMPTIED_SETTLE_SECONDS:
+                if emptied and (hold is None or hold[0] != snapshot):
                     log.warning(
                         "an edit left a keyword source with no keywords; applying it only "
                         "if the files stay like this",
                         sources=emptied,
                         wait_seconds=EMPTIED_SETTLE_SECONDS,
                     )
-                    minimum = EMPTIED_SETTLE_SECONDS
+                    hold = (snapshot, EMPTIED_SETTLE_SECONDS)
                     continue
                 await self._apply(registry, *read)
                 return

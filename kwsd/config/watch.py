@@ -152,13 +152,20 @@ class SettledFiles:
             self._changed_at = self._clock()
         return now
 
-    async def wait(self, minimum: float = SETTLE_SECONDS) -> Snapshot:
-        """The files once none has changed for `minimum` seconds, or for
-        UNFINISHED_SETTLE_SECONDS while one looks cut off; at most MAX_SETTLE_SECONDS."""
+    async def wait(self, *, hold: tuple[Snapshot, float] | None = None) -> Snapshot:
+        """The files once none has changed for SETTLE_SECONDS, or UNFINISHED_SETTLE_SECONDS
+        while one looks cut off; at most MAX_SETTLE_SECONDS.
+
+        `hold=(snapshot, seconds)`: while the files are still as in `snapshot`, wait
+        until they have not changed for `seconds` (the daemon's wait for an edit that
+        emptied a keyword source). Once they change, the usual rules apply again.
+        """
         while True:
             snapshot = await self.look()
             unfinished = {p: s.unfinished for p, s in snapshot.items() if s.unfinished}
-            needed = max(minimum, UNFINISHED_SETTLE_SECONDS if unfinished else 0.0)
+            needed = UNFINISHED_SETTLE_SECONDS if unfinished else SETTLE_SECONDS
+            if hold is not None and snapshot == hold[0]:
+                needed = max(needed, hold[1])
             if self._clock() - self._changed_at >= needed:
                 return snapshot
             if self._clock() - self._started >= MAX_SETTLE_SECONDS:
