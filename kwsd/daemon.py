@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import gc
 import os
 import signal
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, TextIO
 
@@ -93,6 +94,14 @@ _LIVE_SETTINGS: Final = frozenset(
 
 SettingsLoader = Callable[[], Settings]
 BackendWrapper = Callable[[Backend], Backend]
+
+
+class _EditStep(enum.Enum):
+    """What became of one attempt to reload an edited file."""
+
+    DONE = "applied, rejected or nothing to do"
+    CHANGED = "the files changed while they were read"
+    EMPTIED = "a keyword source lost all its keywords: wait longer"
 
 
 def search_options(settings: Settings) -> SearchOptions:
@@ -172,10 +181,9 @@ class Daemon:
             if registry is None:
                 self.reloads += 1
                 return False
-            read = await self._read_config()
-            if read is None:
-                return False
-            return await self._apply(registry, *read)
+            with self._reload_notice():
+                read = await self._read_config()
+                return read is not None and await self._apply(registry, *read)
 
     # ---------------------------------------------------------------- running
 
@@ -435,6 +443,15 @@ class Daemon:
 
         return load_settings(self.settings.config_path)
 
+    @contextlib.contextmanager
+    def _reload_notice(self) -> Iterator[None]:
+        """RELOADING=1 to the service manager for a reload, then READY=1 (even if rejected)."""
+        self.notifier.reloading()
+        try:
+            yield
+        finally:
+            self.notifier.ready("listening")
+
     async def _read_config(self) -> tuple[Settings, ConfigKeywords] | None:
         """The configuration and its keywords as the files hold them now; None if invalid.
 
@@ -460,13 +477,8 @@ class Daemon:
         self, registry: KeywordRegistry, new: Settings, config: ConfigKeywords
     ) -> bool:
         """Apply a configuration that was read; False if its keywords were refused."""
-        self.notifier.reloading()
-        try:
-            emptied = config.emptied_since(registry.configured)
-            ok = await registry.reload(config)
-        finally:
-            self.notifier.ready("listening")
-        if not ok:
+        emptied = config.emptied_since(registry.configured)
+        if not await registry.reload(config):
             return False
         if emptied:
             log.warning(
@@ -498,35 +510,45 @@ class Daemon:
         with a warning.
         """
         settle = SettledFiles(files)
+        snapshot = await settle.wait()
+        if snapshot == self._last_read:
+            return  # a late event for content that was already read
         hold: tuple[Snapshot, float] | None = None
-        first = True
         while True:
+            held = hold is not None and hold[0] == snapshot
+            step = await self._read_edit(settle, snapshot, held=held)
+            if step is _EditStep.DONE:
+                return
+            if step is _EditStep.EMPTIED:
+                hold = (snapshot, EMPTIED_SETTLE_SECONDS)
             snapshot = await settle.wait(hold=hold)
-            if first and snapshot == self._last_read:
-                return  # a late event for content that was already read
-            first = False
-            async with self._reload_lock:
-                registry = self.registry
-                if registry is None:
-                    return
+
+    async def _read_edit(
+        self, settle: SettledFiles, snapshot: Snapshot, *, held: bool
+    ) -> _EditStep:
+        """One attempt of `_reload_after_edit`; `held`: the emptying edit has waited."""
+        async with self._reload_lock:
+            registry = self.registry
+            if registry is None:
+                return _EditStep.DONE
+            with self._reload_notice():
                 read = await self._read_config()
                 if await settle.changed_since(snapshot):
-                    continue  # written while it was read: settle again
+                    return _EditStep.CHANGED  # written while it was read: settle again
                 self._last_read = snapshot
                 if read is None:
-                    return
+                    return _EditStep.DONE
                 emptied = read[1].emptied_since(registry.configured)
-                if emptied and (hold is None or hold[0] != snapshot):
+                if emptied and not held:
                     log.warning(
                         "an edit left a keyword source with no keywords; applying it only "
                         "if the files stay like this",
                         sources=emptied,
                         wait_seconds=EMPTIED_SETTLE_SECONDS,
                     )
-                    hold = (snapshot, EMPTIED_SETTLE_SECONDS)
-                    continue
+                    return _EditStep.EMPTIED
                 await self._apply(registry, *read)
-                return
+                return _EditStep.DONE
 
     def _watched_files(self) -> WatchedFiles:
         settings = self.settings

@@ -34,15 +34,14 @@ WORD_LIST = (
 WORDS = WORD_LIST.split()
 
 
-def phrases(count: int) -> list[str]:
-    """`count` distinct four-word phrases the model can spell."""
-    return [
-        " ".join(words) for words in itertools.islice(itertools.product(WORDS, repeat=4), count)
-    ]
+def phrases(count: int, suffix: str = "") -> list[str]:
+    """`count` distinct phrases the model can spell: four words, then `suffix`."""
+    combinations = itertools.islice(itertools.product(WORDS, repeat=4), count)
+    return [" ".join(words) + suffix for words in combinations]
 
 
-def write_keywords(path: Path, count: int) -> None:
-    path.write_text("\n".join(phrases(count)) + "\n", encoding="utf-8")
+def write_keywords(path: Path, count: int, suffix: str = "") -> None:
+    path.write_text("\n".join(phrases(count, suffix)) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +90,10 @@ async def test_a_long_list_compiles_while_audio_keeps_flowing(
     tmp_path: Path, assets: Path, speech: Path, tokenizer: Tokenizer
 ) -> None:
     # What building this list's search graph costs here and now (machine load included):
-    # the engine would have stalled this long if it built the graph itself.
-    specs = [KeywordSpec(phrase=p) for p in phrases(MAX_KEYWORDS)]
+    # the engine would have stalled this long if it built the graph itself. Long
+    # phrases make a big graph: about 23 tokens per keyword.
+    suffix = " PLEASE TURN ON THE LIGHTS"
+    specs = [KeywordSpec(phrase=p) for p in phrases(MAX_KEYWORDS, suffix)]
     graph_seconds = min(graph_build_seconds(specs, tokenizer) for _ in range(2))
 
     reports: list[BlockReport] = []
@@ -101,7 +102,7 @@ async def test_a_long_list_compiles_while_audio_keeps_flowing(
         assert daemon.pipeline is not None
         stats = daemon.pipeline.stats
         await wait_until(lambda: len(reports) >= 10, what="audio flowing")
-        write_keywords(words, MAX_KEYWORDS)
+        write_keywords(words, MAX_KEYWORDS, suffix)
         first = len(reports)
         assert await daemon.reload()
         await wait_until(lambda: 2 in stats.keyword_versions, what="the engine swap")
