@@ -78,7 +78,7 @@ from kwsd.registry import (
     RegistryState,
     config_keywords,
 )
-from kwsd.search import KeywordSearch, SearchOptions
+from kwsd.search import KeywordSearch, SearchOptions, graph_for
 from kwsd.service import Notifier, ServiceLifecycle, report_missing_model
 from kwsd.wyoming.server import WyomingServer
 
@@ -207,7 +207,7 @@ class Daemon:
         if self._backend_wrapper is not None:
             backend = self._backend_wrapper(backend)
         registry = KeywordRegistry(
-            KeywordCompiler(model.tokenizer, backend.defaults),
+            KeywordCompiler(model.tokenizer, backend.defaults, prepare=graph_for),
             Path(settings.data_dir) / STATE_FILE_NAME,
             self.mute,
         )

@@ -54,7 +54,6 @@ from kwsd.keywords import (
 )
 from kwsd.keywords.compile import LOGGED_NAMES, shorten
 from kwsd.mute import MuteState
-from kwsd.search.graph import graph_for
 
 if TYPE_CHECKING:
     from kwsd.config import KeywordsSettings, SearchSettings
@@ -164,14 +163,22 @@ def config_keywords(keywords: KeywordsSettings, search: SearchSettings) -> Confi
 class KeywordCompiler:
     """Compiles keyword entries for one loaded model (its vocabulary and defaults).
 
-    Compiling includes the search graph (`graph_for`): the registry compiles in a
-    worker thread, so the engine thread only swaps a finished list in and a long list
-    never stalls the audio.
+    `prepare`, if given, is called with every compiled list, in the same worker
+    thread: the daemon passes the search's graph cache (`kwsd.search.graph_for`), so
+    a new list's search graph is built there too. The engine thread then only swaps
+    a finished list in, and a long list never stalls the audio.
     """
 
-    def __init__(self, tokenizer: Tokenizer, defaults: ModelDefaults) -> None:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        defaults: ModelDefaults,
+        *,
+        prepare: Callable[[KeywordSet], object] | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.defaults = defaults
+        self.prepare = prepare
 
     def compile(
         self,
@@ -189,7 +196,8 @@ class KeywordCompiler:
             threshold=threshold,
             version=version,
         )
-        graph_for(keyword_set)
+        if self.prepare is not None:
+            self.prepare(keyword_set)
         return keyword_set
 
 
