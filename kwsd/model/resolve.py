@@ -107,6 +107,16 @@ def _source_for(
     return source
 
 
+def _plan(
+    backend: Backend, manifest: Manifest | None, coreml_available: bool | None
+) -> tuple[Manifest, tuple[Layout, ...]]:
+    """The manifest and the layouts to look for, most preferred first."""
+    if coreml_available is None:
+        coreml_available = coreml_runtime_available()
+    layouts = wanted_layouts(backend, coreml_available=coreml_available)
+    return manifest or load_manifest(), layouts
+
+
 def _install_dirs(
     base: Path,
     layouts: tuple[Layout, ...],
@@ -140,11 +150,7 @@ def resolve_model(
     and for tests. Blocking (disk and possibly network): call it from a worker thread in
     async code.
     """
-    manifest = manifest or load_manifest()
-    if coreml_available is None:
-        coreml_available = coreml_runtime_available()
-    layouts = wanted_layouts(backend, coreml_available=coreml_available)
-
+    manifest, layouts = _plan(backend, manifest, coreml_available)
     if model_dir is not None:
         root = find_model_root(Path(model_dir).expanduser(), manifest, layouts)
         try:
@@ -228,10 +234,7 @@ def resolve_vocabulary(
     works where the encoder is missing or cannot load (and it never downloads). Used by
     `kwsd config check`. Raises ModelMissingError saying what to do when there is none.
     """
-    manifest = manifest or load_manifest()
-    if coreml_available is None:
-        coreml_available = coreml_runtime_available()
-    layouts = wanted_layouts(backend, coreml_available=coreml_available)
+    manifest, layouts = _plan(backend, manifest, coreml_available)
     if model_dir is not None:
         root = find_model_root(Path(model_dir).expanduser(), manifest, layouts)
         if (found := _vocabulary_in(root, "model.dir")) is not None:
