@@ -20,7 +20,7 @@ lets the pipeline drain what was already captured, then closes the outputs, whic
 deliver the detections and publish `offline`, and returns 0, all within about two
 seconds. SIGHUP, or an edit of the config or keywords file, re-reads the
 configuration and applies the keyword part; a bad edit is logged and the running
-keywords stay.
+keywords stay. An edited file is read once it is finished (kwsd/config/watch.py).
 """
 
 from __future__ import annotations
