@@ -7,6 +7,7 @@ between two audio blocks.
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
 import time
@@ -24,7 +25,7 @@ from kwsd.errors import KeywordError
 from kwsd.keywords import MAX_KEYWORDS, KeywordSpec, Tokenizer, compile_keywords
 from kwsd.pipeline import BlockReport
 from kwsd.registry import STATE_FILE_NAME, KeywordCompiler, KeywordRegistry, Refusal
-from kwsd.search import graph_for
+from kwsd.search import ContextGraph, GraphEntry, graph_for
 
 # Words the model can spell; four of them make 25**4 distinct phrases.
 WORD_LIST = (
@@ -169,3 +170,24 @@ def test_the_cap_counts_lines_before_parsing_them(tmp_path: Path) -> None:
     at_cap = tmp_path / "cap.txt"
     write_keywords(at_cap, MAX_KEYWORDS)
     assert len(load_keyword_file(at_cap)) == MAX_KEYWORDS
+
+
+def test_a_dropped_graph_is_freed_without_the_garbage_collector(tokenizer: Tokenizer) -> None:
+    """A replaced list's graph goes away by reference counting. When its nodes formed
+    cycles, freeing the graph of a long list was a garbage-collector pause of a second
+    or more, holding the GIL in whatever thread set it off, the engine's included."""
+    specs = [KeywordSpec(phrase=p) for p in phrases(500, " PLEASE")]
+    compiled = compile_keywords(specs, tokenizer, ModelDefaults())
+    gc.collect()
+    gc.disable()
+    try:
+        graph = ContextGraph(
+            GraphEntry(ids, kw.boost, kw.threshold, index, pieces)
+            for index, kw in enumerate(compiled.keywords)
+            for ids, pieces in zip(kw.token_ids, kw.sequences, strict=True)
+        )
+        assert len(graph.nodes) > 3_000
+        del graph
+        assert gc.collect() == 0, "the graph left cycles for the garbage collector"
+    finally:
+        gc.enable()
