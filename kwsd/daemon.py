@@ -20,27 +20,37 @@ lets the pipeline drain what was already captured, then closes the outputs, whic
 deliver the detections and publish `offline`, and returns 0, all within about two
 seconds. SIGHUP, or an edit of the config or keywords file, re-reads the
 configuration and applies the keyword part; a bad edit is logged and the running
-keywords stay.
+keywords stay. An edited file is read once it is finished (kwsd/config/watch.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import gc
 import os
 import signal
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 import structlog
-from watchfiles import awatch
 
 from kwsd import __version__
 from kwsd.audio import BoundedAudioQueue, open_source
 from kwsd.audio.base import AudioSource
 from kwsd.backends.base import Backend
 from kwsd.config import Settings
+from kwsd.config.watch import (
+    EMPTIED_SETTLE_SECONDS,
+    FileKind,
+    SettledFiles,
+    Snapshot,
+    WatchedFiles,
+    file_edits,
+    keywords_file_kind,
+)
 from kwsd.detection import Detection
 from kwsd.errors import ExitCode, KwsdError, ModelMissingError
 from kwsd.gate import DetectionGate
@@ -58,7 +68,9 @@ from kwsd.mute import MuteState
 from kwsd.outputs import Output, Outputs
 from kwsd.pipeline import BlockObserver, Pipeline
 from kwsd.registry import (
+    NO_KEYWORDS_WARNING,
     STATE_FILE_NAME,
+    ConfigKeywords,
     KeywordCompiler,
     KeywordRegistry,
     RegistryState,
@@ -75,7 +87,6 @@ log = structlog.get_logger("kwsd.daemon")
 # Budget for a signal-initiated shutdown: drain the pipeline (this), then the outputs
 # close (the MQTT goodbye takes at most kwsd.mqtt.output.GOODBYE_TIMEOUT, 1 s).
 DRAIN_TIMEOUT: Final = 0.8
-WATCH_DEBOUNCE_MS: Final = 200
 # Settings a reload applies live; a change anywhere else needs a restart.
 _LIVE_SETTINGS: Final = frozenset(
     {"keywords", "search.boost", "search.threshold", "search.refractory_seconds", "log"}
@@ -83,6 +94,14 @@ _LIVE_SETTINGS: Final = frozenset(
 
 SettingsLoader = Callable[[], Settings]
 BackendWrapper = Callable[[Backend], Backend]
+
+
+class _EditStep(enum.Enum):
+    """What became of one attempt to reload an edited file."""
+
+    DONE = "applied, rejected or nothing to do"
+    CHANGED = "the files changed while they were read"
+    EMPTIED = "a keyword source lost all its keywords: wait longer"
 
 
 class Daemon:
@@ -133,6 +152,7 @@ class Daemon:
         self._tasks: asyncio.TaskGroup | None = None  # while running
         self._reload_lock = asyncio.Lock()
         self._engine_version = -1  # keyword list version the engine was given last
+        self._last_read: Snapshot | None = None  # the watched files as the last edit read them
 
     # ---------------------------------------------------------------- control
 
@@ -143,17 +163,20 @@ class Daemon:
             self._stop.set()
 
     async def reload(self) -> bool:
-        """Re-read the configuration and apply its keywords; False if it was rejected."""
+        """Re-read the configuration and apply its keywords; False if it was rejected.
+
+        This is SIGHUP's reload: an explicit request, applied at once (an edit that
+        empties a keyword source is applied too, with a warning). File edits go through
+        `_reload_after_edit`, which first waits for the files to be finished.
+        """
         async with self._reload_lock:
-            self.reloads += 1
             registry = self.registry
             if registry is None:
+                self.reloads += 1
                 return False
-            self.notifier.reloading()
-            try:
-                return await self._reload(registry)
-            finally:
-                self.notifier.ready("listening")
+            with self._reload_notice():
+                read = await self._read_config()
+                return read is not None and await self._apply(registry, *read)
 
     # ---------------------------------------------------------------- running
 
@@ -173,12 +196,13 @@ class Daemon:
             )
         except ModelMissingError as exc:
             return report_missing_model(exc, self.notifier)
+        await asyncio.to_thread(_settle_heap)
         if self._backend_wrapper is not None:
             spotter = spotter.with_backend(self._backend_wrapper(spotter.backend))
         self.spotter = spotter
         backend = spotter.backend
         registry = KeywordRegistry(
-            KeywordCompiler(spotter.tokenizer, backend.defaults),
+            KeywordCompiler(spotter.tokenizer, backend.defaults, prepare=spotter.prepare),
             Path(settings.data_dir) / STATE_FILE_NAME,
             self.mute,
         )
@@ -189,11 +213,7 @@ class Daemon:
             log.info("stopped while starting")
             return 0
         if not registry.keyword_set.keywords:
-            log.warning(
-                "no keywords configured: nothing will be detected until some are set in "
-                "[keywords] (config.toml), with --keywords, or over MQTT "
-                "(cmd/keywords/set)"
-            )
+            log.warning(NO_KEYWORDS_WARNING)
         source = await asyncio.to_thread(open_source, settings.audio)
         stream = spotter.create_stream(registry.keyword_set)
         pipeline = Pipeline(
@@ -336,7 +356,7 @@ class Daemon:
         log.info(
             "kwsd running",
             source=getattr(source, "name", self.settings.audio.source),
-            keywords=self.registry.keyword_set.displays() if self.registry else [],
+            keywords=self.registry.keyword_set.displays_for_log() if self.registry else [],
             site=self.settings.site_id,
         )
         stop = asyncio.ensure_future(self._stop.wait())
@@ -428,20 +448,49 @@ class Daemon:
 
         return load_settings(self.settings.config_path)
 
-    async def _reload(self, registry: KeywordRegistry) -> bool:
-        log.info("reloading configuration")
+    @contextlib.contextmanager
+    def _reload_notice(self) -> Iterator[None]:
+        """RELOADING=1 to the service manager for a reload, then READY=1 (even if rejected)."""
+        self.notifier.reloading()
         try:
-            new = await asyncio.to_thread(self._reload_settings)
-            config = await asyncio.to_thread(config_keywords, new.keywords, new.search)
+            yield
+        finally:
+            self.notifier.ready("listening")
+
+    async def _read_config(self) -> tuple[Settings, ConfigKeywords] | None:
+        """The configuration and its keywords as the files hold them now; None if invalid.
+
+        Call with the reload lock held.
+        """
+        self.reloads += 1
+        log.info("reloading configuration")
+
+        def read() -> tuple[Settings, ConfigKeywords]:
+            new = self._reload_settings()
+            return new, config_keywords(new.keywords, new.search)
+
+        try:
+            return await asyncio.to_thread(read)
         except KwsdError as exc:
             log.error(
                 "configuration reload rejected; the running configuration stays",
                 error=str(exc),
             )
+            return None
+
+    async def _apply(
+        self, registry: KeywordRegistry, new: Settings, config: ConfigKeywords
+    ) -> bool:
+        """Apply a configuration that was read; False if its keywords were refused."""
+        emptied = config.emptied_since(registry.configured)
+        if not await registry.reload(config):
             return False
-        ok = await registry.reload(config)
-        if not ok:
-            return False
+        if emptied:
+            log.warning(
+                "a keyword source is now empty; nothing from it will be detected",
+                sources=emptied,
+                active=registry.keyword_set.displays_for_log(),
+            )
         old, self.settings = self.settings, new
         if self.pipeline is not None:
             self.pipeline.gate.refractory_seconds = new.search.refractory_seconds
@@ -456,50 +505,81 @@ class Daemon:
             )
         return True
 
-    def _watched_files(self) -> set[Path]:
+    async def _reload_after_edit(self, files: WatchedFiles) -> None:
+        """Reload for a file edit, once the files are finished (kwsd/config/watch.py).
+
+        Settle, read, and check that the files did not change during the read. An edit
+        that leaves a keyword source that had keywords with none waits until the files
+        have been stable for EMPTIED_SETTLE_SECONDS: a truncated file caught before it
+        was written again must not swap in an empty list. If it stays, it is applied,
+        with a warning.
+        """
+        settle = SettledFiles(files)
+        snapshot = await settle.wait()
+        if snapshot == self._last_read:
+            return  # a late event for content that was already read
+        hold: tuple[Snapshot, float] | None = None
+        while True:
+            held = hold is not None and hold[0] == snapshot
+            step = await self._read_edit(settle, snapshot, held=held)
+            if step is _EditStep.DONE:
+                return
+            if step is _EditStep.EMPTIED:
+                hold = (snapshot, EMPTIED_SETTLE_SECONDS)
+            snapshot = await settle.wait(hold=hold)
+
+    async def _read_edit(
+        self, settle: SettledFiles, snapshot: Snapshot, *, held: bool
+    ) -> _EditStep:
+        """One attempt of `_reload_after_edit`; `held`: the emptying edit has waited."""
+        async with self._reload_lock:
+            registry = self.registry
+            if registry is None:
+                return _EditStep.DONE
+            with self._reload_notice():
+                read = await self._read_config()
+                if await settle.changed_since(snapshot):
+                    return _EditStep.CHANGED  # written while it was read: settle again
+                self._last_read = snapshot
+                if read is None:
+                    return _EditStep.DONE
+                emptied = read[1].emptied_since(registry.configured)
+                if emptied and not held:
+                    log.warning(
+                        "an edit left a keyword source with no keywords; applying it only "
+                        "if the files stay like this",
+                        sources=emptied,
+                        wait_seconds=EMPTIED_SETTLE_SECONDS,
+                    )
+                    return _EditStep.EMPTIED
+                await self._apply(registry, *read)
+                return _EditStep.DONE
+
+    def _watched_files(self) -> WatchedFiles:
         settings = self.settings
         if not settings.keywords.watch:
-            return set()
-        files = {settings.config_path, settings.keywords.file}
-        return {Path(os.path.realpath(p)) for p in files if p is not None}
+            return {}
+        files: dict[Path, FileKind] = {}
+        if settings.config_path is not None:
+            files[Path(os.path.realpath(settings.config_path))] = "toml"
+        if settings.keywords.file is not None:
+            keywords = settings.keywords.file
+            files[Path(os.path.realpath(keywords))] = keywords_file_kind(keywords)
+        return files
 
     async def _watch_files(self) -> None:
-        """Reload when the config or keywords file changes (editors replace files, so the
-        directories are watched and filtered by name). Watching is a convenience: if it
-        fails, SIGHUP still reloads, so a failure is logged, never fatal."""
+        """Reload when the config or keywords file changes. Watching is a convenience:
+        if it fails, SIGHUP still reloads, so a failure is logged, never fatal."""
         try:
-            await self._watch_loop()
+            async for files in file_edits(self._watched_files, self._stop):
+                log.info("configuration file changed", files=sorted(map(str, files)))
+                await self._reload_after_edit(files)
         except Exception as exc:
             log.warning(
                 "cannot watch the configuration files; reload with SIGHUP "
                 "(`kill -HUP <pid>`) after editing them",
                 error=str(exc),
             )
-
-    async def _watch_loop(self) -> None:
-        while True:
-            files = self._watched_files()
-            parents = {p.parent for p in files if p.parent.is_dir()}
-            if not parents:
-                return
-
-            def relevant(_change: object, path: str, files: set[Path] = files) -> bool:
-                return Path(os.path.realpath(path)) in files
-
-            async for _changes in awatch(
-                *parents,
-                watch_filter=relevant,
-                debounce=WATCH_DEBOUNCE_MS,
-                step=50,
-                recursive=False,
-                stop_event=self._stop,
-            ):
-                log.info("configuration file changed", files=sorted(map(str, files)))
-                await self.reload()
-                if self._watched_files() != files:
-                    break  # the keywords file moved: watch the new one
-            else:
-                return
 
     # -------------------------------------------------------------- signals
 
@@ -525,6 +605,20 @@ class Daemon:
             return
         log.info("SIGHUP received")
         tasks.create_task(self.reload(), name="kwsd-reload")
+
+
+def _settle_heap() -> None:
+    """Move everything start-up created out of the garbage collector's way.
+
+    Python's full collections walk every tracked object, and they run in whichever
+    thread allocates at the time, holding the GIL. Compiling a long keyword list
+    allocates a lot, and the full collections it set off (0.1-0.3 s each, mostly
+    spent on the modules and model loaded at start-up) paused the engine thread and
+    the event loop alike. Those objects live as long as the process, so they are
+    frozen (`gc.freeze`, after a collection so that no garbage is frozen with them).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 async def _contained(work: Coroutine[Any, Any, None]) -> None:

@@ -267,7 +267,7 @@ class Pipeline:
             log.info(
                 "keyword list swapped in",
                 version=keywords.version,
-                keywords=keywords.displays(),
+                keywords=keywords.displays_for_log(),
                 at_seconds=round(self.search.frame * 0.04, 2),
             )
 

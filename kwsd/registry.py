@@ -47,10 +47,12 @@ from kwsd.keywords import (
     KeywordSet,
     KeywordSpec,
     Tokenizer,
+    check_keyword_count,
     compile_keywords,
     load_keyword_file,
     pieces_to_phrase,
 )
+from kwsd.keywords.compile import LOGGED_NAMES, shorten
 from kwsd.mute import MuteState
 
 if TYPE_CHECKING:
@@ -59,6 +61,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger("kwsd.registry")
 
 STATE_FILE_NAME: Final = "keywords-state.json"
+NO_KEYWORDS_WARNING: Final = (
+    "no keywords configured: nothing will be detected until some are set in [keywords] "
+    "(config.toml), with --keywords, or over MQTT (cmd/keywords/set)"
+)
 _STATE_FORMAT: Final = 1
 Origin = Literal["config", "mqtt"]
 
@@ -88,15 +94,24 @@ def _plain(value: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class ConfigKeywords:
-    """The configured keyword list and the compile options that go with it."""
+    """The configured keyword list and the compile options that go with it.
+
+    `from_file` of the `specs` (the last ones) came from `file`; the others are inline.
+    """
 
     specs: tuple[KeywordSpec, ...]
     boost: float | None = None
     threshold: float | None = None
     file: Path | None = None
+    from_file: int = 0
+    # Computed once, where the list is built (a worker thread): for a long list it
+    # takes a noticeable time, and the registry compares digests on the event loop.
+    digest: str = dataclasses.field(init=False, compare=False)
 
-    @property
-    def digest(self) -> str:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "digest", self._digest())
+
+    def _digest(self) -> str:
         """Changes exactly when what the configuration asks for changes."""
         data = {
             "keywords": [canonical_spec(s) for s in self.specs],
@@ -106,6 +121,20 @@ class ConfigKeywords:
         text = json.dumps(data, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
+    def emptied_since(self, previous: ConfigKeywords) -> list[str]:
+        """The sources that had keywords in `previous` and have none now, named for a log.
+
+        An edit that empties a source is either deliberate or a file caught half-written
+        (truncated, not yet filled), so the watcher holds it back for a while.
+        """
+        inline = len(self.specs) - self.from_file
+        emptied: list[str] = []
+        if len(previous.specs) - previous.from_file > 0 and inline == 0:
+            emptied.append("the [keywords] phrases and entries")
+        if previous.from_file > 0 and self.from_file == 0:
+            emptied.append(f"keywords file {previous.file}")
+        return emptied
+
 
 def config_keywords(keywords: KeywordsSettings, search: SearchSettings) -> ConfigKeywords:
     """The configured keywords: the `[keywords]` entries, then the file's; search defaults.
@@ -113,27 +142,43 @@ def config_keywords(keywords: KeywordsSettings, search: SearchSettings) -> Confi
     Blocking (reads the keywords file). Raises KeywordError naming the file on a bad one.
     """
     specs: list[KeywordSpec] = list(keywords.items)
+    from_file: list[KeywordSpec] = []
     if keywords.file is not None:
         if not keywords.file.is_file():
             raise KeywordError(
                 f"keywords file {keywords.file} (keywords.file) does not exist; create it or "
                 "remove the setting"
             )
-        specs.extend(load_keyword_file(keywords.file))
+        from_file = load_keyword_file(keywords.file)
+    check_keyword_count(len(specs) + len(from_file), "the configured keyword list")
     return ConfigKeywords(
-        specs=tuple(specs),
+        specs=(*specs, *from_file),
         boost=search.boost,
         threshold=search.threshold,
         file=keywords.file,
+        from_file=len(from_file),
     )
 
 
 class KeywordCompiler:
-    """Compiles keyword entries for one loaded model (its vocabulary and defaults)."""
+    """Compiles keyword entries for one loaded model (its vocabulary and defaults).
 
-    def __init__(self, tokenizer: Tokenizer, defaults: ModelDefaults) -> None:
+    `prepare`, if given, is called with every compiled list, in the same worker
+    thread: the daemon passes its spotter's `KeywordSpotter.prepare` (graph cache), so
+    a new list's search graph is built there too. The engine thread then only swaps
+    a finished list in, and a long list never stalls the audio.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        defaults: ModelDefaults,
+        *,
+        prepare: Callable[[KeywordSet], object] | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.defaults = defaults
+        self.prepare = prepare
 
     def compile(
         self,
@@ -143,7 +188,7 @@ class KeywordCompiler:
         threshold: float | None,
         version: int,
     ) -> KeywordSet:
-        return compile_keywords(
+        keyword_set = compile_keywords(
             specs,
             self.tokenizer,
             self.defaults,
@@ -151,6 +196,9 @@ class KeywordCompiler:
             threshold=threshold,
             version=version,
         )
+        if self.prepare is not None:
+            self.prepare(keyword_set)
+        return keyword_set
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +331,12 @@ def _matches(spec: KeywordSpec, name: str) -> bool:
     return any(n is not None and _name_key(n) == key for n in names)
 
 
+def _missing_from(names: Sequence[str], other: Sequence[str]) -> tuple[str, ...]:
+    """`names` that are not in `other`, in order (a set: lists can be long)."""
+    known = set(other)
+    return tuple(n for n in names if n not in known)
+
+
 def _label(spec: KeywordSpec) -> str:
     return spec.display or spec.phrase or " ".join(spec.pieces or ())
 
@@ -361,6 +415,11 @@ class KeywordRegistry:
         return self._origin
 
     @property
+    def configured(self) -> ConfigKeywords:
+        """The configured keywords last accepted (whether or not an MQTT list is active)."""
+        return self._config
+
+    @property
     def state(self) -> RegistryState:
         return RegistryState(self._set, self._specs, self._version, self.paused, self._origin)
 
@@ -393,7 +452,7 @@ class KeywordRegistry:
                 log.info(
                     "keywords restored from the list set over MQTT",
                     path=str(self.state_path),
-                    keywords=ks.displays(),
+                    keywords=ks.displays_for_log(),
                     version=saved.version,
                 )
                 return self.state
@@ -407,7 +466,9 @@ class KeywordRegistry:
             )
             self._drop_state()
         self._install(ks, config.specs, version, "config")
-        log.info("keywords loaded", source="config", keywords=ks.displays(), version=version)
+        log.info(
+            "keywords loaded", source="config", keywords=ks.displays_for_log(), version=version
+        )
         return self.state
 
     # ------------------------------------------------------------------ reload
@@ -426,7 +487,7 @@ class KeywordRegistry:
                 log.error(
                     "new keyword configuration rejected; the previous keywords stay active",
                     error=str(exc),
-                    active=self._set.displays(),
+                    active=self._set.displays_for_log(),
                 )
                 return False
             self._config = config
@@ -434,7 +495,12 @@ class KeywordRegistry:
                 log.info("configured keywords changed: they replace the list set over MQTT")
             await asyncio.to_thread(self._drop_state)
             self._install(ks, config.specs, version, "config")
-            log.info("keywords reloaded", source="config", keywords=ks.displays(), version=version)
+            log.info(
+                "keywords reloaded",
+                source="config",
+                keywords=ks.displays_for_log(),
+                version=version,
+            )
             self._notify()
             return True
 
@@ -498,14 +564,17 @@ class KeywordRegistry:
             self._install(ks, specs, version, "mqtt")
             after = ks.displays()
             log.info(
-                "keywords changed at runtime", operation=operation, keywords=after, version=version
+                "keywords changed at runtime",
+                operation=operation,
+                keywords=shorten(after),
+                version=version,
             )
             self._notify()
             return KeywordChange(
                 version=version,
                 keywords=tuple(after),
-                added=tuple(d for d in after if d not in before),
-                removed=tuple(d for d in before if d not in after),
+                added=_missing_from(after, before),
+                removed=_missing_from(before, after),
                 warnings=tuple(warnings),
             )
 
@@ -526,8 +595,13 @@ class KeywordRegistry:
         self._specs = tuple(specs)
         self._version = version
         self._origin = origin
-        for warning in ks.warnings:
+        for warning in ks.warnings[:LOGGED_NAMES]:
             log.warning("keyword warning", warning=warning)
+        if len(ks.warnings) > LOGGED_NAMES:
+            log.warning(
+                "more keyword warnings not shown; `kwsd keywords check` lists them all",
+                count=len(ks.warnings) - LOGGED_NAMES,
+            )
 
     def _drop_state(self) -> None:
         try:

@@ -370,6 +370,16 @@ class KeywordSpotter:
         name = self.bundle.root.name if self.bundle is not None else self.backend.name
         return f"{name}{' (stand-in encoder)' if self.stand_in else ''}"
 
+    def prepare(self, keywords: KeywordSet) -> None:
+        """Build the search graph of a compiled list now, in the caller's thread.
+
+        A stream swaps lists between two chunks on the audio path; with the graph
+        already in this spotter's cache, that swap only picks it up. The daemon's
+        registry calls this in its compile thread (a 10,000-keyword graph takes about
+        a second to build).
+        """
+        self._graphs(keywords)
+
     def compile(self, keywords: KeywordsLike) -> KeywordSet:
         """Tokenise and check a keyword list for this model; `.warnings` says what is weak.
 

@@ -149,7 +149,7 @@ async def test_mute_scope_decides_whether_a_pause_silences_wyoming_clients(
     )
     async with mosquitto.subscriber(f"{base}/cmd/result") as results, running(daemon):
         await wait_until(lambda: mqtt_link(daemon).connected, what="MQTT")
-        assert await wake_word(port, speech) == ["HEY COMPUTER"]  # not paused yet
+        assert await wake_word(port, speech) == ["hey_computer"]  # not paused yet
         await mosquitto.publish(f"{base}/cmd/pause", b'{"reason": "movie night"}')
         assert CommandReply.from_json((await results.next()).payload).ok
         assert daemon.mute.paused
@@ -158,7 +158,7 @@ async def test_mute_scope_decides_whether_a_pause_silences_wyoming_clients(
         stats = daemon.pipeline.stats
         muted = stats.muted_dropped
         await wait_until(lambda: stats.muted_dropped > muted, what="the own source muted")
-    assert heard == (["HEY COMPUTER"] if wyoming_hears else [])
+    assert heard == (["hey_computer"] if wyoming_hears else [])
 
 
 async def _get(port: int, path: str) -> tuple[int, str]:

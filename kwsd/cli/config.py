@@ -22,7 +22,7 @@ from kwsd.config import (
     lookup_field,
     resolve_config_path,
 )
-from kwsd.errors import ConfigError
+from kwsd.errors import ConfigError, ModelError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
@@ -114,7 +114,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "check",
         help="validate and print the effective settings (secrets masked)",
         description="Validate the configuration and print the effective settings with "
-        "secrets masked. Exit code 0 when valid, 3 with an explanation otherwise.",
+        "secrets masked. The keywords are checked as `kwsd run` checks them, against the "
+        "model's vocabulary when a model is installed. Exit code 0 when valid, 3 for an "
+        "invalid setting, 5 for keywords `kwsd run` would refuse (with the same message).",
     )
     add_config_args(check)
     check.add_argument(
@@ -158,6 +160,8 @@ def _check(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     for warning in missing_files(settings):
         print(f"kwsd: warning: {warning}", file=sys.stderr)
+    for note in check_keywords(settings):
+        print(f"kwsd: {note}", file=sys.stderr)
     if args.output_format == "json":
         print(json.dumps(settings.masked_dump(), indent=2))
         return 0
@@ -205,10 +209,61 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_keywords(settings: Settings) -> list[str]:
+    """Check the configured keywords the way `kwsd run` does; notes for the user.
+
+    Raises KeywordError with the message `kwsd run` would stop with for the same
+    keywords: both read them with `config_keywords` and compile them with
+    `compile_keywords`. Only the model's vocabulary (tokens.txt, bpe.model) is read,
+    never the model itself, so this is quick and works where the model cannot load.
+    Without a vocabulary, what can be checked without one is (the file, the entries,
+    the count), and a note says what was not and how to fix that.
+    """
+    # Here, not at the top: the other `kwsd config` actions need none of this.
+    from kwsd.backends.base import ModelDefaults
+    from kwsd.keywords import Tokenizer, compile_keywords
+    from kwsd.keywords.compile import shorten
+    from kwsd.model.resolve import resolve_vocabulary
+    from kwsd.registry import NO_KEYWORDS_WARNING, config_keywords
+
+    config = config_keywords(settings.keywords, settings.search)
+    if not config.specs:
+        return [f"warning: {NO_KEYWORDS_WARNING}"]
+    count = f"{len(config.specs):,} keyword{'s' if len(config.specs) != 1 else ''}"
+    model = settings.model
+    try:
+        vocabulary = resolve_vocabulary(
+            model.dir,
+            backend=model.backend,
+            assets=settings.assets,
+            onnx_url=model.onnx_url,
+            coreml_repo=model.coreml_repo,
+        )
+        tokenizer = Tokenizer(vocabulary.tokens, vocabulary.bpe_model)
+    except ModelError as exc:
+        return [
+            f"warning: {count} read, but not checked against the model's vocabulary "
+            f"(spelling, BPE pieces), because it was not found: {exc}. Then run "
+            "`kwsd config check` again to check them"
+        ]
+    keywords = compile_keywords(
+        config.specs,
+        tokenizer,
+        ModelDefaults(),
+        boost=config.boost,
+        threshold=config.threshold,
+    )
+    notes = [f"{count} checked against the model's vocabulary ({vocabulary.tokens})"]
+    notes += [f"warning: {w}" for w in shorten(keywords.warnings)]
+    return notes
+
+
 def missing_files(settings: Settings) -> list[str]:
-    """Referenced files that do not exist yet: worth a warning, not a config error."""
+    """Referenced files that do not exist yet: worth a warning, not a config error.
+
+    (A missing keywords file is an error: `check_keywords` refuses it as `kwsd run` does.)
+    """
     checks: list[tuple[str, Path | None, bool]] = [
-        ("keywords.file", settings.keywords.file, True),
         ("audio.file", settings.audio.file, settings.audio.source == "file"),
         ("model.dir", settings.model.dir, True),
         ("assets", settings.assets, True),

@@ -1,6 +1,13 @@
 """Keywords: the user-facing entries, their parsing, tokenisation and validation."""
 
-from kwsd.keywords.compile import Keyword, KeywordSet, compile_keywords, pieces_to_phrase
+from kwsd.keywords.compile import (
+    MAX_KEYWORDS,
+    Keyword,
+    KeywordSet,
+    check_keyword_count,
+    compile_keywords,
+    pieces_to_phrase,
+)
 from kwsd.keywords.parse import (
     load_keyword_file,
     parse_keyword_entries,
@@ -11,10 +18,12 @@ from kwsd.keywords.spec import KeywordSpec
 from kwsd.keywords.tokenizer import Tokenizer
 
 __all__ = [
+    "MAX_KEYWORDS",
     "Keyword",
     "KeywordSet",
     "KeywordSpec",
     "Tokenizer",
+    "check_keyword_count",
     "compile_keywords",
     "load_keyword_file",
     "parse_keyword_entries",

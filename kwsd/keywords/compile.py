@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from kwsd.backends.base import ModelDefaults
 from kwsd.errors import KeywordError
@@ -16,6 +17,23 @@ from kwsd.keywords.spec import KeywordSpec
 from kwsd.keywords.tokenizer import Tokenizer
 
 MAX_PIECES = 32
+# The most keywords one list may hold (inline entries and the keywords file together,
+# or one MQTT list). Compiling a list and building its search graph is pure Python
+# and grows with it (about 1 s for 10,000 keywords, 30 s for 200,000); far below this,
+# every extra keyword adds false alarms. A list above it is refused as a whole, and the
+# running list stays active.
+MAX_KEYWORDS: Final = 10_000
+LOGGED_NAMES: Final = 20  # keyword names (or warnings) one log line shows
+
+
+def check_keyword_count(count: int, what: str = "the keyword list") -> None:
+    """Refuse a list above MAX_KEYWORDS, before the expensive work starts."""
+    if count > MAX_KEYWORDS:
+        raise KeywordError(
+            f"{what} has {count:,} keywords, more than the limit of {MAX_KEYWORDS:,}; "
+            "trim it to the phrases people actually say, or split it across several kwsd "
+            "instances (one keywords file each)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +64,17 @@ class KeywordSet:
     def displays(self) -> list[str]:
         return [k.display for k in self.keywords]
 
+    def displays_for_log(self, limit: int = LOGGED_NAMES) -> list[str]:
+        """The first `limit` display names, then how many more: a log line stays short."""
+        return shorten(self.displays(), limit)
+
+
+def shorten(items: Sequence[str], limit: int = LOGGED_NAMES) -> list[str]:
+    """`items` for a log line: the first `limit`, then "... and N more"."""
+    if len(items) <= limit:
+        return list(items)
+    return [*items[:limit], f"... and {len(items) - limit:,} more"]
+
 
 def pieces_to_phrase(pieces: Sequence[str]) -> str:
     return "".join(pieces).replace("▁", " ").strip()
@@ -61,7 +90,9 @@ def compile_keywords(
     version: int = 0,
 ) -> KeywordSet:
     """Validate and tokenise. `boost`/`threshold` override the model defaults for
-    entries that do not set their own."""
+    entries that do not set their own. Raises KeywordError for a bad entry or for more
+    than MAX_KEYWORDS entries."""
+    check_keyword_count(len(specs))
     keywords: list[Keyword] = []
     warnings: list[str] = []
     seen: dict[tuple[int, ...], str] = {}

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from kwsd.errors import KeywordError
+from kwsd.keywords.compile import check_keyword_count
 from kwsd.keywords.spec import KeywordSpec
 
 _OPTION = re.compile(r"^([:#@])(.*)$")
@@ -57,18 +58,23 @@ def parse_keyword_line(line: str) -> KeywordSpec:
 
 
 def parse_keyword_lines(text: str) -> list[KeywordSpec]:
-    """A keyword file: one keyword per line; blank lines and lines starting `# ` are skipped."""
-    specs: list[KeywordSpec] = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("# ") or line == "#":
-            continue
-        specs.append(parse_keyword_line(line))
-    return specs
+    """A keyword file: one keyword per line; blank lines and lines starting `# ` are skipped.
+
+    The lines are counted before any is parsed, so a huge file is refused at once.
+    """
+    lines = [line for raw in text.splitlines() if _is_keyword_line(line := raw.strip())]
+    check_keyword_count(len(lines))
+    return [parse_keyword_line(line) for line in lines]
+
+
+def _is_keyword_line(line: str) -> bool:
+    return bool(line) and not line.startswith("# ") and line != "#"
 
 
 def parse_keyword_entries(data: object) -> list[KeywordSpec]:
     """Structured entries (config TOML, JSON, MQTT): strings are phrases, objects are specs."""
+    if isinstance(data, list):
+        check_keyword_count(len(data))
     try:
         entries = _ENTRIES.validate_python(data)
     except ValidationError as exc:
@@ -82,15 +88,19 @@ def load_keyword_file(path: Path) -> list[KeywordSpec]:
         text = path.read_text("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise KeywordError(f"cannot read keywords file {path}: {exc}") from None
-    if path.suffix.lower() == ".json":
-        try:
-            return parse_keyword_entries(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise KeywordError(f"keywords file {path} is not valid JSON: {exc}") from None
     try:
+        if path.suffix.lower() == ".json":
+            return parse_keyword_entries(_json(text))
         return parse_keyword_lines(text)
     except KeywordError as exc:
         raise KeywordError(f"{path}: {exc}") from None
+
+
+def _json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise KeywordError(f"not valid JSON: {exc}") from None
 
 
 def _first_error(exc: ValidationError) -> str:

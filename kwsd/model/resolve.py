@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +24,8 @@ import structlog
 
 from kwsd.errors import ModelError, ModelMissingError
 from kwsd.model.bundle import (
+    BPE_FILE,
+    TOKENS_FILE,
     Layout,
     ModelBundle,
     Precision,
@@ -103,6 +107,28 @@ def _source_for(
     return source
 
 
+def _plan(
+    backend: Backend, manifest: Manifest | None, coreml_available: bool | None
+) -> tuple[Manifest, tuple[Layout, ...]]:
+    """The manifest and the layouts to look for, most preferred first."""
+    if coreml_available is None:
+        coreml_available = coreml_runtime_available()
+    layouts = wanted_layouts(backend, coreml_available=coreml_available)
+    return manifest or load_manifest(), layouts
+
+
+def _install_dirs(
+    base: Path,
+    layouts: tuple[Layout, ...],
+    manifest: Manifest,
+    onnx_url: str | None,
+    coreml_repo: str | None,
+) -> Iterator[tuple[Layout, Path]]:
+    """Where `kwsd models pull` installs each wanted layout, most preferred first."""
+    for layout in layouts:
+        yield layout, base / _source_for(layout, manifest, onnx_url, coreml_repo).install_dir
+
+
 def resolve_model(
     model_dir: Path | None,
     *,
@@ -124,11 +150,7 @@ def resolve_model(
     and for tests. Blocking (disk and possibly network): call it from a worker thread in
     async code.
     """
-    manifest = manifest or load_manifest()
-    if coreml_available is None:
-        coreml_available = coreml_runtime_available()
-    layouts = wanted_layouts(backend, coreml_available=coreml_available)
-
+    manifest, layouts = _plan(backend, manifest, coreml_available)
     if model_dir is not None:
         root = find_model_root(Path(model_dir).expanduser(), manifest, layouts)
         try:
@@ -156,8 +178,7 @@ def resolve_model(
         return bundle
 
     base = models_dir or default_models_dir()
-    for layout in layouts:
-        target = base / _source_for(layout, manifest, onnx_url, coreml_repo).install_dir
+    for layout, target in _install_dirs(base, layouts, manifest, onnx_url, coreml_repo):
         if detect_layout(target) == layout:
             bundle = open_bundle(target, precision)
             log.info(
@@ -185,3 +206,61 @@ def resolve_model(
     )
     bundle, _downloaded = pull(source, base, precision=precision, progress=progress)
     return bundle
+
+
+@dataclass(frozen=True, slots=True)
+class VocabularyFiles:
+    """A model's tokens.txt and bpe.model: all that keyword checking needs."""
+
+    tokens: Path
+    bpe_model: Path
+    source: str  # which rule found them: "model.dir", "assets" or "installed"
+
+
+def resolve_vocabulary(
+    model_dir: Path | None,
+    *,
+    backend: Backend = "auto",
+    assets: Path | None = None,
+    onnx_url: str | None = None,
+    coreml_repo: str | None = None,
+    models_dir: Path | None = None,
+    manifest: Manifest | None = None,
+    coreml_available: bool | None = None,
+) -> VocabularyFiles:
+    """The vocabulary of the model `resolve_model` would pick, without loading the model.
+
+    Same order as `resolve_model`, but only tokens.txt and bpe.model must exist, so this
+    works where the encoder is missing or cannot load (and it never downloads). Used by
+    `kwsd config check`. Raises ModelMissingError saying what to do when there is none.
+    """
+    manifest, layouts = _plan(backend, manifest, coreml_available)
+    if model_dir is not None:
+        root = find_model_root(Path(model_dir).expanduser(), manifest, layouts)
+        if (found := _vocabulary_in(root, "model.dir")) is not None:
+            return found
+        raise ModelMissingError(
+            f"model.dir {model_dir} holds no {TOKENS_FILE} and {BPE_FILE}; run "
+            f"`kwsd models pull --dest {model_dir}`, or point model.dir at the model"
+        )
+    if assets is not None:
+        if (found := _vocabulary_in(Path(assets).expanduser() / "model", "assets")) is not None:
+            return found
+        raise ModelMissingError(
+            f"the assets directory {assets} (assets / $KWSD_ASSETS) has no model/"
+            f"{TOKENS_FILE} and model/{BPE_FILE}; point it at a kws-assets directory"
+        )
+    base = models_dir or default_models_dir()
+    for _layout, target in _install_dirs(base, layouts, manifest, onnx_url, coreml_repo):
+        if (found := _vocabulary_in(target, "installed")) is not None:
+            return found
+    raise ModelMissingError(
+        f"no model installed in {base}; run `kwsd models pull` (or set model.dir / KWSD_ASSETS)"
+    )
+
+
+def _vocabulary_in(root: Path, source: str) -> VocabularyFiles | None:
+    tokens, bpe = root / TOKENS_FILE, root / BPE_FILE
+    if tokens.is_file() and bpe.is_file():
+        return VocabularyFiles(tokens, bpe, source)
+    return None

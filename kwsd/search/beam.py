@@ -193,7 +193,7 @@ class KeywordSearch:
         return detection
 
     def _check(self, best: _Hyp) -> Detection | None:
-        node = ContextGraph.matched(best.state)
+        node = self.graph.matched(best.state)
         if node is None or best.trailing_blanks <= self.num_trailing_blanks:
             return None
         level = node.level
