@@ -207,6 +207,12 @@ class SherpaPeer:
         return hits
 
 
+def scoring_as_peer(spotter: KeywordSpotter) -> KeywordSpotter:
+    """The same model and options, scoring detections as sherpa does (difference 5)."""
+    options = replace(spotter.search_options, peer_score=True)
+    return KeywordSpotter(spotter.backend, spotter.tokenizer, search=options)
+
+
 def run_kwsd(spotter: KeywordSpotter, keywords: KeywordSet, audio: FloatArray) -> list[Hit]:
     """kwsd as its users run it: one `KeywordStream`, 100 ms blocks, then `finish`."""
     stream = spotter.create_stream(keywords)
