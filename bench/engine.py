@@ -37,6 +37,7 @@ from common import (
     machine_table,
     write_section,
 )
+from engine_support import COMMAND_SENTENCES
 from replay_encoder import signature_source, write_replay_encoder
 from sherpa_peer import keyword_file
 
@@ -50,14 +51,7 @@ from kwsd.keywords import compile_keywords
 from kwsd.model.bundle import ModelBundle
 from kwsd.search import KeywordSearch
 
-ESPEAK_SENTENCES = (
-    "good evening everyone, hey computer, turn on the lights in the living room please",
-    "could you open the garage door and then set the volume up a little",
-    "the weather tomorrow looks fine, so let us light up the garden tonight",
-    "good night, lights off in the kitchen and lock the front door",
-    "after early nightfall the yellow lamps would light up here and there",
-    "hey computer, what time is it, and play some quiet music in the bedroom",
-)
+ESPEAK_SENTENCES = COMMAND_SENTENCES
 KEYWORD_COUNTS = (10, 250, 2000)
 # Commands spoken in ESPEAK_SENTENCES: listed first, so the searches find something.
 ESPEAK_KEYWORDS = (
@@ -235,25 +229,6 @@ TAIL = np.zeros(int(0.8 * 16000), np.float32)
 
 
 @dataclass(frozen=True, slots=True)
-class Spread:
-    """Median and 10th/90th percentiles of repeated measurements."""
-
-    median: float
-    p10: float
-    p90: float
-    n: int
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Spread:
-        arr = np.asarray(values, dtype=np.float64)
-        p10, median, p90 = np.percentile(arr, [10, 50, 90])
-        return cls(float(median), float(p10), float(p90), int(arr.size))
-
-    def show(self, digits: int = 2, unit: str = "") -> str:
-        return f"{self.median:.{digits}f}{unit} [{self.p10:.{digits}f}–{self.p90:.{digits}f}]"
-
-
-@dataclass(frozen=True, slots=True)
 class PeerCase:
     """One encoder both decoders run, and the audio streams decoded per measurement."""
 
@@ -291,6 +266,7 @@ def peer_cases(setup: Setup, workdir: Path, quick: bool) -> list[PeerCase]:
     random_path = setup.assets / "zipformer-random" / RANDOM_ENCODER
     synthetic_path = setup.assets / "synthetic" / "encoder-synthetic.onnx"
     counts = (10, 250)
+    repeats = 2 if quick else 4  # light_up.wav is 6.6 s: decoded as that many streams
 
     def replay(table: ReplayTable) -> KeywordSpotter:
         return standin.with_backend(ContentReplayBackend(standin.backend, table))
@@ -300,10 +276,10 @@ def peer_cases(setup: Setup, workdir: Path, quick: bool) -> list[PeerCase]:
 
     return [
         PeerCase(
-            "replay: real encoder frames, light_up.wav ×4",
+            f"replay: real encoder frames, light_up.wav ×{repeats}",
             replay(real_table),
             write_replay_encoder(real_table, signature, workdir / "replay-light-up.onnx"),
-            (light_up,) * (2 if quick else 4),
+            (light_up,) * repeats,
             ("LIGHT UP", "AFTER EARLY", "YELLOW LAMPS", "HERE AND THERE", "SQUALID QUARTER"),
             counts,
         ),
@@ -403,9 +379,9 @@ class PeerResult:
     label: str
     keywords: int
     audio_s: float
-    kwsd: Spread  # ms of process CPU per second of audio
-    sherpa: Spread
-    ratio: Spread  # kwsd / sherpa-onnx, per interleaved pair
+    kwsd: Stats  # ms of process CPU per second of audio
+    sherpa: Stats
+    ratio: Stats  # kwsd / sherpa-onnx, per interleaved pair
     kwsd_found: int
     sherpa_found: int
     load: tuple[float, float]  # 1-minute load average before and after
@@ -440,9 +416,9 @@ def compare_with_peer(
         case.label,
         len(ks),
         case.audio_seconds,
-        Spread.of(k_runs),
-        Spread.of(s_runs),
-        Spread.of([a / b for a, b in zip(k_runs, s_runs, strict=True)]),
+        Stats.of(k_runs),
+        Stats.of(s_runs),
+        Stats.of([a / b for a, b in zip(k_runs, s_runs, strict=True)]),
         k_found,
         s_found,
         (load_before, os.getloadavg()[0]),
@@ -461,13 +437,13 @@ def bench_peer(
     return results
 
 
-def standin_cost(setup: Setup, repeats: int) -> Spread:
+def standin_cost(setup: Setup, repeats: int) -> Stats:
     """kwsd alone with the stand-in encoder on the espeak-ng sentences it recognises
     (sherpa-onnx cannot load a GRU encoder), 10 keywords: ms CPU per audio second."""
     ks = setup.standin.compile(list(dict.fromkeys([*ESPEAK_KEYWORDS, *setup.phrases]))[:10])
     seconds = setup.espeak.size / 16000
     kwsd_cpu(setup.standin, ks, (setup.espeak,))
-    return Spread.of(
+    return Stats.of(
         [kwsd_cpu(setup.standin, ks, (setup.espeak,))[0] * 1e3 / seconds for _ in range(repeats)]
     )
 
@@ -519,7 +495,7 @@ def verdict(ok: bool) -> str:
 
 
 def peer_section(
-    setup: Setup, peer: list[PeerResult], standin: Spread, standin_note: str, quick: bool
+    setup: Setup, peer: list[PeerResult], standin: Stats, standin_note: str, quick: bool
 ) -> list[str]:
     """The kwsd vs sherpa-onnx table (also printed alone by `--peer-only`)."""
     loads = [v for r in peer for v in r.load]
@@ -551,14 +527,14 @@ def peer_section(
     ]
     for r in peer:
         lines.append(
-            f"| {r.label} | {r.audio_s:.1f} | {r.keywords} | {r.kwsd.show()} | "
-            f"{r.sherpa.show()} | {r.ratio.show(unit='×')} | {r.ratio.n} | "
+            f"| {r.label} | {r.audio_s:.1f} | {r.keywords} | {r.kwsd.spread()} | "
+            f"{r.sherpa.spread()} | {r.ratio.spread(unit='×')} | {r.ratio.n} | "
             f"{r.kwsd_found} / {r.sherpa_found} |"
         )
     lines += [
         "",
         f"kwsd alone with the stand-in encoder (GRU) on the espeak-ng sentences, 10 keywords: "
-        f"{standin.show()} ms CPU per audio second (sherpa-onnx cannot load it).",
+        f"{standin.spread()} ms CPU per audio second (sherpa-onnx cannot load it).",
         "",
         "Detections differ where kwsd deliberately differs from sherpa-onnx's documented "
         "use (tests/sherpa_peer.py: after a detection sherpa-onnx drops the rest of the "
@@ -582,7 +558,7 @@ def report(
     fbank: Stats,
     encoders: dict[str, Stats],
     peer: list[PeerResult],
-    standin: Spread,
+    standin: Stats,
     standin_note: str,
     elapsed: float,
 ) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from engine_support import espeak
+from engine_support import COMMAND_SENTENCES, espeak
 from replay_encoder import (
     same_signature,
     signature_source,
@@ -67,22 +67,14 @@ from kwsd.backends.replay import (
     ReplayBackend,
     ReplayTable,
     read_frames,
+    write_frames,
 )
 from kwsd.cli import main
 from kwsd.engine import Frontend
 
 pytestmark = pytest.mark.slow
 
-# Generated speech for the stand-in: home-automation commands, with words that share
-# prefixes with them (LIGHT / LIGHTS / LIGHT UP, THE GARAGE / THE GARDEN, ...).
-SENTENCES = (
-    "good evening everyone, hey computer, turn on the lights in the living room please",
-    "could you open the garage door and then set the volume up a little",
-    "the weather tomorrow looks fine, so let us light up the garden tonight",
-    "good night, lights off in the kitchen and lock the front door",
-    "after early nightfall the yellow lamps would light up here and there",
-    "hey computer, what time is it, and play some quiet music in the bedroom",
-)
+SENTENCES = COMMAND_SENTENCES  # generated speech for the stand-in
 GAP_SECONDS = 0.3  # between sentences: short enough that no auto-reset happens
 
 LIGHT_UP = KeywordSpec(phrase="LIGHT UP", pieces=("▁", "L", "IGHT", "▁UP"), boost=2.0)
@@ -530,7 +522,9 @@ def test_decode_frames_replays_the_recording_like_the_peer(
     text, _ = keyword_file(keywords)
     kw_file = tmp_path / "keywords.txt"
     kw_file.write_text(text)
-    frames = assets / "fixtures" / "ref_encoder_light_up.bin"
+    frames = tmp_path / "frames.bin"  # the fixture, written back in the same format
+    write_frames(frames, read_frames(assets / "fixtures" / "ref_encoder_light_up.bin"))
+    assert frames.read_bytes() == (assets / "fixtures" / "ref_encoder_light_up.bin").read_bytes()
     wav = assets / "audio" / "light_up.wav"
     argv = ["decode-frames", str(frames), "--audio", str(wav), "--keywords-file", str(kw_file)]
     assert main([*argv, "--assets", str(assets), "--beam", "4", "--json"]) == 0
