@@ -46,11 +46,17 @@ class Stats:
     median: float
     p90: float
     n: int
+    p10: float = float("nan")
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Stats:
         arr = np.asarray(values, dtype=np.float64)
-        return cls(float(np.median(arr)), float(np.percentile(arr, 90)), int(arr.size))
+        p10, median, p90 = np.percentile(arr, [10, 50, 90])
+        return cls(float(median), float(p90), int(arr.size), float(p10))
+
+    def spread(self, digits: int = 2, unit: str = "") -> str:
+        """`median [p10–p90]`: the middle and the spread of repeated measurements."""
+        return f"{self.median:.{digits}f}{unit} [{self.p10:.{digits}f}–{self.p90:.{digits}f}]"
 
 
 # -- machine -------------------------------------------------------------------------

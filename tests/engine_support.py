@@ -12,6 +12,17 @@ import pytest
 from kwsd.audio.file import read_audio
 
 SENTENCE = "good evening, hey computer, turn on the lights please"
+# Home-automation commands in sentences, with words that share prefixes with them
+# (LIGHT / LIGHTS / LIGHT UP, THE GARAGE / THE GARDEN, ...): the parity tests and the
+# benchmarks speak them with espeak-ng to the stand-in encoder.
+COMMAND_SENTENCES = (
+    "good evening everyone, hey computer, turn on the lights in the living room please",
+    "could you open the garage door and then set the volume up a little",
+    "the weather tomorrow looks fine, so let us light up the garden tonight",
+    "good night, lights off in the kitchen and lock the front door",
+    "after early nightfall the yellow lamps would light up here and there",
+    "hey computer, what time is it, and play some quiet music in the bedroom",
+)
 
 
 def espeak_wav(path: Path, text: str, voice: str = "en-us+m3") -> Path:

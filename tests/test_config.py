@@ -190,6 +190,16 @@ def test_unknown_env_vars_are_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "KWSD_MQTT__PORT__X" in config_error()
 
 
+def test_test_suite_variables_are_not_settings(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CI runs the commands under test with KWSD_TEST_* set (where the real model is, ...):
+    they are not settings, and not typos of one."""
+    monkeypatch.setenv("KWSD_TEST_ONNX_MODEL_DIR", "/somewhere/models/onnx")
+    monkeypatch.setenv("KWSD_TEST_REQUIRE_REALMODEL", "1")
+    assert load_settings(None).model.dir is None
+
+
 def test_unknown_cli_override_is_an_error() -> None:
     message = config_error(None, {"mqtt.hostname": "x"})
     assert "`mqtt.hostname`" in message and "on the command line" in message

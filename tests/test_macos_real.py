@@ -1,12 +1,13 @@
 """The CoreML backend with the real bundle on macOS, end to end and against ONNX.
 
 Runs only on macOS with both real bundles installed (the macOS GitHub workflow pulls
-them with `kwsd models pull`); skipped elsewhere. On macOS, KWSD_REQUIRE_MACOS_TESTS=1
+them with `kwsd models pull`); skipped elsewhere. On macOS, KWSD_TEST_REQUIRE_MACOS=1
 turns "model or audio missing" skips into failures so CI cannot pass vacuously.
 
 Where things are looked for:
-- KWSD_COREML_MODEL_DIR (default models/coreml) and KWSD_ONNX_MODEL_DIR (models/onnx);
-- KWSD_TEST_AUDIO_DIR holding light_up.wav (default: the `audio` dir of KWSD_ASSETS).
+- KWSD_TEST_COREML_MODEL_DIR (default models/coreml) and KWSD_TEST_ONNX_MODEL_DIR (models/onnx);
+- KWSD_TEST_AUDIO_DIR holding light_up.wav and lovely_child.wav (default: the `audio`
+  dir of KWSD_ASSETS).
 The keyword settings are the upstream reference ones (sherpa test_keywords.txt
 tokenisation, boost 2.0, threshold 0.25), which find LIGHT UP in light_up.wav.
 """
@@ -31,7 +32,7 @@ from kwsd.model.bundle import open_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 ON_MACOS = sys.platform == "darwin"
-REQUIRED = os.environ.get("KWSD_REQUIRE_MACOS_TESTS") == "1"
+REQUIRED = os.environ.get("KWSD_TEST_REQUIRE_MACOS") == "1"
 SAMPLE_RATE = 16000
 START_TOLERANCE_S = 0.12
 
@@ -45,13 +46,14 @@ KEYWORDS = (
     KeywordSpec(
         phrase="LOVELY CHILD", pieces=("▁LOVE", "LY", "▁CHI", "L", "D"), boost=2.0, threshold=0.25
     ),
+    KeywordSpec(phrase="FOREVER", pieces=("▁FOR", "E", "VER"), boost=2.0, threshold=0.25),
 )
 
 
 def _missing(what: str) -> None:
     """Skip, or fail when CI demanded that these tests really run."""
     if REQUIRED:
-        pytest.fail(f"KWSD_REQUIRE_MACOS_TESTS=1 but {what}")
+        pytest.fail(f"KWSD_TEST_REQUIRE_MACOS=1 but {what}")
     pytest.skip(what)
 
 
@@ -64,12 +66,12 @@ def _model_dir(env: str, default: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def coreml_dir() -> Path:
-    return _model_dir("KWSD_COREML_MODEL_DIR", REPO / "models" / "coreml")
+    return _model_dir("KWSD_TEST_COREML_MODEL_DIR", REPO / "models" / "coreml")
 
 
 @pytest.fixture(scope="module")
 def onnx_dir() -> Path:
-    return _model_dir("KWSD_ONNX_MODEL_DIR", REPO / "models" / "onnx")
+    return _model_dir("KWSD_TEST_ONNX_MODEL_DIR", REPO / "models" / "onnx")
 
 
 @pytest.fixture(scope="module")
@@ -162,14 +164,20 @@ def test_coreml_silence_finds_nothing(coreml_spotter: KeywordSpotter) -> None:
     assert spot(coreml_spotter, np.zeros(3 * SAMPLE_RATE, np.float32)) == []
 
 
+@pytest.mark.parametrize("recording", ["light_up.wav", "lovely_child.wav"])
 def test_coreml_agrees_with_onnx(
-    coreml_spotter: KeywordSpotter, onnx_spotter: KeywordSpotter, audio_dir: Path
+    coreml_spotter: KeywordSpotter, onnx_spotter: KeywordSpotter, audio_dir: Path, recording: str
 ) -> None:
-    """Different checkpoints, so not bit-identical, but the same hits at the same time."""
-    samples = read_wav(audio_dir / "light_up.wav")
+    """The same audio through both backends (light_up.wav: LIGHT UP; lovely_child.wav:
+    LOVELY CHILD, FOREVER). Different checkpoints, so not bit-identical, but the same
+    hits at the same time."""
+    path = audio_dir / recording
+    if not path.is_file():
+        _missing(f"no {recording} in {audio_dir} (set KWSD_TEST_AUDIO_DIR)")
+    samples = read_wav(path)
     from_coreml = spot(coreml_spotter, samples)
     from_onnx = spot(onnx_spotter, samples)
-    assert from_onnx, "ONNX found nothing in light_up.wav"
+    assert from_onnx, f"ONNX found nothing in {recording}"
     assert [d.phrase for d in from_coreml] == [d.phrase for d in from_onnx]
     for c, o in zip(from_coreml, from_onnx, strict=True):
         assert abs(c.start - o.start) <= START_TOLERANCE_S, (c, o)

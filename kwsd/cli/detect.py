@@ -12,7 +12,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from kwsd.backends.replay import read_frames
+from kwsd.audio.file import read_audio
+from kwsd.backends.replay import ContentReplayBackend, ReplayTable, read_frames
 from kwsd.cli.common import add_keyword_args, add_model_args, load_spotter_and_keywords
 from kwsd.detection import Detection
 from kwsd.keywords import KeywordSet
@@ -29,6 +30,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("decode-frames", help="search precomputed encoder frames (parity checks)")
     p.add_argument("frames", type=Path, metavar="FRAMES.bin")
+    p.add_argument(
+        "--audio",
+        type=Path,
+        metavar="REC",
+        help="the recording the frames were computed from: run it through the whole audio "
+        "path (features, then the frames replayed for each encoder chunk by the chunk's "
+        "content), as a peer decoder sees it with the tests' replay encoder",
+    )
     add_keyword_args(p)
     add_model_args(p)
     p.add_argument("--json", action="store_true", help="one JSON object per detection")
@@ -53,8 +62,14 @@ def _detect(args: argparse.Namespace) -> int:
 
 def _decode_frames(args: argparse.Namespace) -> int:
     spotter, keywords = _prepare(args)
-    stream = spotter.create_stream(keywords)
-    _print(args.frames, stream.accept_encoder_frames(read_frames(args.frames)), args.json)
+    frames = read_frames(args.frames)
+    if args.audio is None:
+        stream = spotter.create_stream(keywords)
+        _print(args.frames, stream.accept_encoder_frames(frames), args.json)
+        return 0
+    table = ReplayTable.from_recording(spotter.backend, frames, read_audio(args.audio))
+    replay = spotter.with_backend(ContentReplayBackend(spotter.backend, table))
+    _print(args.audio, replay.scan_file(args.audio, keywords), args.json)
     return 0
 
 

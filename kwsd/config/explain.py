@@ -20,7 +20,7 @@ from pydantic_settings import SettingsError
 
 from kwsd.config.fields import Key, follow
 from kwsd.config.schema import Settings
-from kwsd.config.sources import ENV_PREFIX, RESERVED_ENV_VARS, LoadedFile
+from kwsd.config.sources import ENV_PREFIX, RESERVED_ENV_PREFIX, RESERVED_ENV_VARS, LoadedFile
 from kwsd.errors import ConfigError
 
 Loc = tuple[Key, ...]
@@ -67,7 +67,7 @@ def check_env_names(env: Mapping[str, str]) -> None:
     """pydantic-settings ignores unknown top-level KWSD_* variables; a typo must not vanish."""
     problems = []
     for name in sorted(env):
-        if name.upper() in RESERVED_ENV_VARS:
+        if name.upper() in RESERVED_ENV_VARS or name.upper().startswith(RESERVED_ENV_PREFIX):
             continue
         parts = name[len(ENV_PREFIX) :].lower().split("__")
         trail = follow(Settings, parts)

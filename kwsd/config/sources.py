@@ -31,6 +31,9 @@ ENV_PREFIX = "KWSD_"
 CONFIG_ENV_VAR = "KWSD_CONFIG"
 # KWSD_* variables that are not settings; anything else with the prefix must name one.
 RESERVED_ENV_VARS: frozenset[str] = frozenset({CONFIG_ENV_VAR})
+# kwsd's own test suite and CI pass their variables (KWSD_TEST_ONNX_MODEL_DIR, ...) through
+# the environment of the commands they test; no setting is named `test`, so none is hidden.
+RESERVED_ENV_PREFIX = "KWSD_TEST_"
 
 
 def default_config_file() -> Path:

@@ -9,6 +9,7 @@ were confidently recognised (mean probability ≥ threshold).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,6 +39,11 @@ class SearchOptions:
     auto_reset_seconds: float | None = None  # silence after which partial matches are dropped
     threshold: float | None = None  # mean token probability a keyword needs, 0 < t <= 1
     boost: float | None = None  # bonus per matched keyword token, 0..10
+    # Score a detection as sherpa-onnx does: the mean probability of the first `level`
+    # tokens of the path, which include the tokens of a failed partial match that led
+    # into the keyword (docs/algorithm.md §5). For parity checks with the peer only:
+    # kwsd's own score is the mean over the keyword's tokens.
+    peer_score: bool = False
 
     def __post_init__(self) -> None:
         if self.beam < 1:
@@ -98,7 +104,10 @@ class KeywordSearch:
             else defaults.auto_reset_seconds
         )
         self._frame_s = backend.chunk.frame_seconds
-        self._reset_frames = max(1, round(reset_s / self._frame_s))
+        # Reset once the blanks last *longer* than reset_s: 1.5 s is 37.5 frames, so the
+        # 38th blank frame resets (as the reference decoder does); the small epsilon keeps
+        # an exact multiple (1.48 s = 37 frames) from rounding down to one frame less.
+        self._reset_frames = max(1, math.floor(reset_s / self._frame_s + 1e-9))
         self._blank = backend.blank_id
         self._context = backend.context_size
         # The decoder context of a path with no tokens yet: "none" padding, then blank.
@@ -120,6 +129,12 @@ class KeywordSearch:
         """The list in effect at the next frame: a pending `set_keywords` included."""
         pending = self._pending
         return pending[0] if pending is not None else self.keywords
+
+    @property
+    def trailing_blanks(self) -> int:
+        """Frames since the best path's last token: what the auto-reset counts. Read by
+        the parity tests to impose sherpa-onnx's reset schedule from outside."""
+        return max(self._hyps, key=lambda h: h.log_prob).trailing_blanks
 
     def reset(self) -> None:
         """Forget partial matches (not stream time)."""
@@ -197,7 +212,7 @@ class KeywordSearch:
         if node is None or best.trailing_blanks <= self.num_trailing_blanks:
             return None
         level = node.level
-        probs = best.probs[-level:]
+        probs = best.probs[:level] if self.options.peer_score else best.probs[-level:]
         if len(probs) < level:
             return None
         score = sum(probs) / level
