@@ -21,6 +21,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from kwsd.batch import BatchStream, StreamBatch
     from kwsd.detection import Detection
     from kwsd.engine import KeywordStream
     from kwsd.errors import (
@@ -42,6 +43,8 @@ _LAZY = {
     "KeywordSpotter": "kwsd.spotter",
     "BackendOptions": "kwsd.spotter",
     "KeywordStream": "kwsd.engine",
+    "StreamBatch": "kwsd.batch",
+    "BatchStream": "kwsd.batch",
     "SearchOptions": "kwsd.search.beam",
     "Detection": "kwsd.detection",
     "KeywordSpec": "kwsd.keywords.spec",
@@ -58,6 +61,7 @@ _LAZY = {
 __all__ = [
     "AudioError",
     "BackendOptions",
+    "BatchStream",
     "ConfigError",
     "Detection",
     "KeywordError",
@@ -70,6 +74,7 @@ __all__ = [
     "ModelMissingError",
     "NetworkError",
     "SearchOptions",
+    "StreamBatch",
     "__version__",
 ]
 
