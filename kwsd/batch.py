@@ -337,13 +337,14 @@ class StreamBatch:
         self, streams: list[BatchStream], encoded: list[FloatArray]
     ) -> dict[BatchStream, list[Detection]]:
         found: dict[BatchStream, list[Detection]] = {s: [] for s in streams}
-        decoder = self.spotter.decoder_cache
         # A replayed encoder may return fewer frames for a stream near its end.
         for t in range(max(len(e) for e in encoded)):
             active = [(s, e[t]) for s, e in zip(streams, encoded, strict=True) if len(e) > t]
             contexts = [s.search.begin_frame() for s, _ in active]
             sizes = [len(c) for c in contexts]
-            dec = decoder.rows([c for group in contexts for c in group])
+            dec = np.concatenate(
+                [s.search.decoder_rows(c) for (s, _), c in zip(active, contexts, strict=True)]
+            )
             enc = np.repeat(np.stack([row for _, row in active]), sizes, axis=0)
             log_probs = log_softmax(self._join(enc, dec, sizes))
             start = 0

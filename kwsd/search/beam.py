@@ -122,6 +122,7 @@ class KeywordSearch:
         self.frame = 0  # absolute encoder frame index of the next frame
         self.keywords, self.graph = keywords, graphs(keywords)
         self._pending: tuple[KeywordSet, ContextGraph] | None = None
+        self._last_rows: tuple[list[tuple[int, ...]], FloatArray] | None = None
         self.reset()
 
     # -- keyword list -------------------------------------------------------------
@@ -145,7 +146,7 @@ class KeywordSearch:
         detections: list[Detection] = []
         for row in enc:
             contexts = self.begin_frame()
-            dec = self.decoder.rows(contexts)
+            dec = self.decoder_rows(contexts)
             # One joiner row per path, all against this frame.
             logits = self.backend.join(np.repeat(row[None, :], len(contexts), axis=0), dec)
             det = self.end_frame(log_softmax(logits))
@@ -164,6 +165,19 @@ class KeywordSearch:
             self.reset()
         context = self._context
         return [h.ys[-context:] for h in self._hyps]
+
+    def decoder_rows(self, contexts: list[tuple[int, ...]]) -> FloatArray:
+        """Decoder output for `contexts` (from `begin_frame`); not to be modified.
+
+        Through silence and inside words the paths keep their contexts from one frame to
+        the next, so the rows of the previous frame are usually the answer.
+        """
+        last = self._last_rows
+        if last is not None and last[0] == contexts:
+            return last[1]
+        rows = self.decoder.rows(contexts)
+        self._last_rows = (contexts, rows)
+        return rows
 
     def end_frame(self, log_probs: FloatArray) -> Detection | None:
         """Finish the frame from the joiner's log-probabilities [paths, vocab]."""
