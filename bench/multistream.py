@@ -13,7 +13,6 @@ the same detections.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from common import (
     corpus_audio,
     corpus_phrases,
     espeak_audio,
+    load_average,
     machine_table,
     write_section,
 )
@@ -153,14 +153,6 @@ def measure(enc: Encoder, ks: KeywordSet, count: int, seconds: float, repeats: i
         same,
         sum(len(f) for f in found_alone),
     )
-
-
-def load_average() -> str:
-    try:
-        one, five, fifteen = os.getloadavg()
-    except OSError:
-        return "unknown"
-    return f"{one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min)"
 
 
 def report(rows: list[Row], quick: bool, seconds: float, elapsed: float, loads: list[str]) -> str:

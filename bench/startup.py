@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Stats, assets_dir, machine_table, write_section
+from common import Stats, assets_dir, load_average, machine_table, write_section
 
 ENCODER = "zipformer-random/encoder-epoch-12-avg-2-chunk-16-left-64.int8.onnx"
 TARGET_HELP_S = 0.15
@@ -169,11 +169,6 @@ def speech_file(where: Path, text: str) -> Path:
     wav = where / "speech.wav"
     subprocess.run(["espeak-ng", "-v", "en-us+m3", "-w", str(wav), text], check=True)
     return wav
-
-
-def load_average() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"{one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min)"
 
 
 def mib(value: object) -> float:

@@ -31,9 +31,8 @@ import numpy.typing as npt
 
 from kwsd.backends.base import Backend, BatchBackend, FloatArray
 from kwsd.detection import Detection
-from kwsd.engine import Frontend, SampleInput
+from kwsd.engine import Frontend, StreamCore
 from kwsd.features import SAMPLE_RATE
-from kwsd.keywords import KeywordSet
 from kwsd.search import KeywordSearch
 from kwsd.search.beam import log_softmax
 
@@ -123,7 +122,7 @@ def _joiner_is_row_independent(backend: Backend) -> bool:
     return _close(batched, alone)
 
 
-class BatchStream:
+class BatchStream(StreamCore):
     """One stream of a `StreamBatch`: audio in with `accept`, detections from the batch.
 
     `accept` computes the stream's features at once (cheap) and queues its encoder
@@ -139,11 +138,8 @@ class BatchStream:
         sample_rate: int,
         name: str,
     ) -> None:
-        self._input = SampleInput(sample_rate)
+        super().__init__(batch.spotter, frontend, search, sample_rate)
         self.batch = batch
-        self.frontend = frontend
-        self.search = search
-        self.sample_rate = sample_rate
         self.name = name
         self._windows: deque[FloatArray] = deque()
         self._finishing = False  # finish() called; the tail windows are queued
@@ -151,11 +147,6 @@ class BatchStream:
 
     def __repr__(self) -> str:
         return f"<BatchStream {self.name!r} ready={self.ready}>"
-
-    @property
-    def keywords(self) -> KeywordSet:
-        """The keyword list in effect (or about to be, after `set_keywords`)."""
-        return self.search.latest_keywords
 
     @property
     def ready(self) -> int:
@@ -205,21 +196,8 @@ class BatchStream:
         """
         self._check_open()
         self._windows.clear()
-        self._input.reset()
-        self.frontend.reset()
-        self.search.reset()
-        self.search.frame = 0
+        self._restart()
         self._finishing = False
-
-    def set_keywords(self, keywords: KeywordsLike) -> KeywordSet:
-        """Spot `keywords` from this stream's next encoder frame on (any thread).
-
-        A bad keyword raises `KeywordError` and leaves the current list in place.
-        Streams with equal lists share one compiled graph.
-        """
-        compiled = self.batch.spotter.compile(keywords)
-        self.search.set_keywords(compiled)
-        return compiled
 
     def close(self) -> None:
         """Leave the batch; queued audio is dropped. Closing twice is harmless."""

@@ -138,7 +138,53 @@ class SampleInput:
         return audio
 
 
-class KeywordStream:
+class StreamCore:
+    """What every kind of stream holds: the caller's sample input (format checks and
+    resampling), a `Frontend` and a `KeywordSearch`, and the keyword list controls.
+
+    `KeywordStream` runs the two stages itself; `kwsd.batch.BatchStream` leaves them to
+    its batch.
+    """
+
+    def __init__(
+        self,
+        spotter: KeywordSpotter,
+        frontend: Frontend,
+        search: KeywordSearch,
+        sample_rate: int = SAMPLE_RATE,
+    ) -> None:
+        self._input = SampleInput(sample_rate)
+        self.spotter = spotter
+        self.frontend = frontend
+        self.search = search
+        self.sample_rate = sample_rate
+
+    @property
+    def keywords(self) -> KeywordSet:
+        """The keyword list in effect (or about to be, after `set_keywords`)."""
+        return self.search.latest_keywords
+
+    def set_keywords(self, keywords: KeywordsLike) -> KeywordSet:
+        """Spot `keywords` from the next encoder frame on; returns the compiled list.
+
+        Accepts what `KeywordSpotter.compile` accepts. A bad keyword raises
+        `KeywordError` and leaves the current list in place. Partial matches of the old
+        list are dropped; audio and stream time carry on. Streams with equal lists share
+        one compiled graph. May be called from any thread.
+        """
+        compiled = self.spotter.compile(keywords)
+        self.search.set_keywords(compiled)
+        return compiled
+
+    def _restart(self) -> None:
+        """Forget audio, partial matches and time (not the keyword list)."""
+        self._input.reset()
+        self.frontend.reset()
+        self.search.reset()
+        self.search.frame = 0
+
+
+class KeywordStream(StreamCore):
     """One audio stream in, detections out. Create it with `KeywordSpotter.create_stream`.
 
         stream = spotter.create_stream(sample_rate=48000)
@@ -158,24 +204,7 @@ class KeywordStream:
     themselves (the daemon's pipeline feeds 16 kHz blocks to them directly).
     """
 
-    def __init__(
-        self,
-        spotter: KeywordSpotter,
-        frontend: Frontend,
-        search: KeywordSearch,
-        sample_rate: int = SAMPLE_RATE,
-    ) -> None:
-        self._input = SampleInput(sample_rate)
-        self.spotter = spotter
-        self.frontend = frontend
-        self.search = search
-        self.sample_rate = sample_rate
-        self._finished = False
-
-    @property
-    def keywords(self) -> KeywordSet:
-        """The keyword list in effect (or about to be, after `set_keywords`)."""
-        return self.search.latest_keywords
+    _finished = False  # finish() was called; reset() clears it
 
     def accept(self, samples: npt.ArrayLike) -> list[Detection]:
         """Feed mono samples at `sample_rate`; return the keywords completed by them.
@@ -206,22 +235,8 @@ class KeywordStream:
 
         The keyword list stays (including one passed to `set_keywords` just before).
         """
-        self._input.reset()
-        self.frontend.reset()
-        self.search.reset()
-        self.search.frame = 0
+        self._restart()
         self._finished = False
-
-    def set_keywords(self, keywords: KeywordsLike) -> KeywordSet:
-        """Spot `keywords` from the next encoder frame on; returns the compiled list.
-
-        Accepts what `KeywordSpotter.compile` accepts. A bad keyword raises
-        `KeywordError` and leaves the current list in place. Partial matches of the old
-        list are dropped; audio and stream time carry on.
-        """
-        compiled = self.spotter.compile(keywords)
-        self.search.set_keywords(compiled)
-        return compiled
 
     def accept_encoder_frames(self, frames: npt.ArrayLike) -> list[Detection]:
         """Search encoder output [T, joiner_dim] computed elsewhere (parity checks, tuning).
