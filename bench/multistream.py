@@ -238,6 +238,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             True,
             espeak,
         ),
+        Encoder(
+            "stand-in GRU fp32 on espeak-ng (fp32 decoder, int8 joiner), exact=False",
+            spotter_for(assets, None, "int8"),
+            False,
+            espeak,
+        ),
     ]
     phrases = corpus_phrases(assets, 10, first=("LIGHT UP", "HEY COMPUTER"))
     rows = []

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import soundfile as sf
 from common import Stats, assets_dir, load_average, machine_table, write_section
 
 ENCODER = "zipformer-random/encoder-epoch-12-avg-2-chunk-16-left-64.int8.onnx"
@@ -48,26 +49,28 @@ HIDE_RICH = (
 )
 
 KWSD_RSS = """
-import json, sys, psutil
+import json, sys, wave, psutil
 import numpy as np
-import soundfile as sf
 from kwsd import KeywordSpotter
 proc = psutil.Process()
 mib = lambda: proc.memory_info().rss / 2**20
 model_dir, wav, streams = sys.argv[1], sys.argv[2], int(sys.argv[3])
 exact = sys.argv[4] == "exact"
-audio, _ = sf.read(wav, dtype="float32")
+with wave.open(wav) as w:  # the stdlib reader: soundfile is not what is measured here
+    rate = w.getframerate()
+    audio = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+block = rate // 10
 spotter = KeywordSpotter.from_model_dir(model_dir, keywords=["HEY COMPUTER", "LIGHTS OFF"])
 loaded = mib()
-stream = spotter.create_stream()
-for i in range(0, len(audio), 1600):
-    stream.accept(audio[i : i + 1600])
+stream = spotter.create_stream(sample_rate=rate)
+for i in range(0, len(audio), block):
+    stream.accept(audio[i : i + block])
 idle = mib()
 batch = spotter.create_batch(exact=exact)
-members = [batch.add_stream() for _ in range(streams)]
-for i in range(0, min(len(audio), 5 * 16000), 1600):
+members = [batch.add_stream(sample_rate=rate) for _ in range(streams)]
+for i in range(0, min(len(audio), 5 * rate), block):
     for m in members:
-        m.accept(audio[i : i + 1600])
+        m.accept(audio[i : i + block])
     batch.step()
 many = mib()
 print(json.dumps({"loaded": loaded, "idle": idle, "many": many,
@@ -133,6 +136,7 @@ class Timed:
     label: str
     wall: Stats  # seconds
     cpu: Stats  # seconds, user + system of the child
+    fastest: float  # the quickest wall time: what an idle machine gives
 
 
 def run_timed(label: str, argv: Sequence[str], runs: int, env: dict[str, str]) -> Timed:
@@ -144,7 +148,7 @@ def run_timed(label: str, argv: Sequence[str], runs: int, env: dict[str, str]) -
         walls.append(time.perf_counter() - t0)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpus.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
-    return Timed(label, Stats.of(walls), Stats.of(cpus))
+    return Timed(label, Stats.of(walls), Stats.of(cpus), min(walls))
 
 
 def child_json(code: str, args: Sequence[str], env: dict[str, str]) -> dict[str, object]:
@@ -199,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "good evening everyone, hey computer, turn on the lights in the living room "
             "please, and then lights off in the kitchen",
         )
+        speech_seconds = sf.info(str(long_speech)).duration
         keywords = Path(tmp) / "keywords.txt"
         keywords.write_text("▁HE Y ▁COMP U TER\n")  # as kwsd compiles HEY COMPUTER
 
@@ -247,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     loads.append(load_average())
     elapsed = time.perf_counter() - started
 
-    help_s = next(t for t in timed if t.label == "`kwsd --help`").wall.median
+    help_row = next(t for t in timed if t.label == "`kwsd --help`")
+    help_s, help_cpu = help_row.wall.median, help_row.cpu.median
     idle = mib(installed_rss["idle"])
     lines = ["## Start-up and memory (`bench/startup.py`)", ""]
     lines.append(
@@ -258,19 +264,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     lines += ["", f"Load average at the start / end: {loads[0]}; {loads[-1]}.", ""]
     lines += [machine_table(), ""]
-    lines += ["| command | wall s | CPU s |", "|---|---:|---:|"]
+    lines += ["| command | wall s | fastest wall s | CPU s |", "|---|---:|---:|---:|"]
     for t in timed + whole:
         lines.append(
-            f"| {t.label} | {t.wall.median:.3f} ({t.wall.p90:.3f}) | "
+            f"| {t.label} | {t.wall.median:.3f} ({t.wall.p90:.3f}) | {t.fastest:.3f} | "
             f"{t.cpu.median:.3f} ({t.cpu.p90:.3f}) |"
         )
     kw_cpu, sherpa_cpu = whole[0].cpu.median, whole[1].cpu.median
     lines += [
         "",
-        f"- `kwsd --help`: {help_s:.3f} s (target ≤ {TARGET_HELP_S} s: "
-        f"{'meets' if help_s <= TARGET_HELP_S else '**misses**'}). It imports the module "
-        "of the command it runs only; `--help` and `--version` import no numpy, ONNX "
-        "Runtime or pydantic.",
+        f"- `kwsd --help`: {help_s:.3f} s median wall time (target ≤ {TARGET_HELP_S} s: "
+        f"{'meets' if help_s <= TARGET_HELP_S else '**misses**'}; {help_cpu:.3f} s of CPU). "
+        "On a loaded machine the wall time includes waiting for a core: compare it with "
+        "the interpreter's own row. kwsd imports only the module of the command it runs; "
+        "`--help` and `--version` import no numpy, ONNX Runtime or pydantic.",
         f"- A whole `kwsd detect` process costs {kw_cpu / sherpa_cpu:.2f}× the CPU of a whole "
         "sherpa-onnx process on the same file; most of it is start-up (the configuration "
         "with pydantic, structlog, the model and keyword compilation).",
@@ -283,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{mib(bare['sessions']):.1f} | |",
         f"| kwsd: model loaded (`KeywordSpotter.from_model_dir`) | "
         f"{mib(installed_rss['loaded']):.1f} | {mib(kwsd_rss['loaded']):.1f} |",
-        f"| kwsd: idle after a stream decoded {Path(long_speech).stem} speech | {idle:.1f} | "
+        f"| kwsd: idle, after a stream decoded {speech_seconds:.0f} s of speech | {idle:.1f} | "
         f"{mib(kwsd_rss['idle']):.1f} |",
         f"| kwsd: each further stream of an exact `StreamBatch` ({added} streams, 5 s each; "
         f"int8: one encoder call per stream) | {(mib(installed_rss['many']) - idle) / added:.2f}"
@@ -294,9 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"- Idle RSS {idle:.1f} MiB (target ≤ {TARGET_RSS_MIB:.0f} MiB: "
         f"{'meets' if idle <= TARGET_RSS_MIB else '**misses**'}). Above the bare libraries "
-        "and sessions: kwsd's own imports (pydantic and the keyword models, structlog, "
-        "soundfile, soxr) and the search's state. The development venv also has `rich`, "
-        "which structlog imports when present (about 11 MiB). ONNX Runtime's memory arena "
+        "and sessions: kwsd's own imports, mostly pydantic with the keyword models (about "
+        "10 MiB) and structlog, which imports asyncio and with it OpenSSL (about 7 MiB). "
+        "The development venv also has `rich`, which structlog imports when present "
+        "(about 4 MiB more). ONNX Runtime's memory arena "
         "grows with the encoder's batch: a batched server pays its largest batch once.",
     ]
     text = "\n".join(lines) + "\n"

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import structlog
 
-from kwsd.audio.file import read_audio
 from kwsd.backends.base import Backend
 from kwsd.backends.loader import load_backend
 from kwsd.detection import Detection
@@ -459,6 +458,8 @@ class KeywordSpotter:
         The keywords and the file are checked before this returns.
         """
         stream = self.create_stream(keywords)
+        from kwsd.audio.file import read_audio  # soundfile: only files need it
+
         samples = read_audio(Path(path))
 
         def decode() -> Iterator[Detection]:
