@@ -18,6 +18,7 @@ import soundfile as sf
 from engine_support import espeak
 
 from kwsd import (
+    AudioError,
     BackendOptions,
     BatchStream,
     Detection,
@@ -329,3 +330,23 @@ def test_joiner_plan_follows_the_joiner_precision(spotter: KeywordSpotter) -> No
     assert plan.joiner is plan.joiner_exact is fp32
     assert plan.encoder  # the stand-in (fp32 GRU) batches exactly
     assert spotter.create_batch(exact=False).plan.joiner
+
+
+def test_bad_input_is_refused_and_the_batch_carries_on(
+    spotter: KeywordSpotter, sentences: list[np.ndarray]
+) -> None:
+    batch = spotter.create_batch()
+    with pytest.raises(KeywordError):
+        batch.add_stream(["turn on light 2"])
+    with pytest.raises(ValueError, match="sample_rate"):
+        batch.add_stream(sample_rate=0)
+    assert len(batch) == 0  # nothing half-added
+    stream = batch.add_stream()
+    with pytest.raises(AudioError, match="mono"):
+        stream.accept(np.zeros((1600, 2), np.float32))
+    with pytest.raises(AudioError, match="NaN"):
+        stream.accept(np.full(1600, np.nan, np.float32))
+    assert stream.ready == 0  # the bad blocks queued nothing
+    stream.accept(sentences[1])
+    stream.finish()
+    assert [d.keyword for d in batch.drain()[stream]] == ["GOOD NIGHT"]
