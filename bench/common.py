@@ -91,6 +91,15 @@ def machine_info() -> list[tuple[str, str]]:
     return info
 
 
+def load_average() -> str:
+    """The machine's load while a benchmark ran: its figures are only as good as this."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min)"
+
+
 def machine_table() -> str:
     rows = "\n".join(f"| {k} | {v} |" for k, v in machine_info())
     return f"| machine | |\n|---|---|\n{rows}\n"

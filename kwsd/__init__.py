@@ -14,13 +14,14 @@ Runtime, SentencePiece) is imported only by code that decodes audio.
 
 from __future__ import annotations
 
-from importlib import import_module  # loaded by Python's start-up anyway
+from kwsd.lazy import lazy_exports
 
 # `typing` itself costs more than the rest of this file; type checkers read this as True.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from kwsd.batch import BatchStream, StreamBatch
     from kwsd.detection import Detection
     from kwsd.engine import KeywordStream
     from kwsd.errors import (
@@ -42,6 +43,8 @@ _LAZY = {
     "KeywordSpotter": "kwsd.spotter",
     "BackendOptions": "kwsd.spotter",
     "KeywordStream": "kwsd.engine",
+    "StreamBatch": "kwsd.batch",
+    "BatchStream": "kwsd.batch",
     "SearchOptions": "kwsd.search.beam",
     "Detection": "kwsd.detection",
     "KeywordSpec": "kwsd.keywords.spec",
@@ -58,6 +61,7 @@ _LAZY = {
 __all__ = [
     "AudioError",
     "BackendOptions",
+    "BatchStream",
     "ConfigError",
     "Detection",
     "KeywordError",
@@ -70,6 +74,7 @@ __all__ = [
     "ModelMissingError",
     "NetworkError",
     "SearchOptions",
+    "StreamBatch",
     "__version__",
 ]
 
@@ -84,17 +89,16 @@ def _version() -> str:
         return "0+unknown"
 
 
-def __getattr__(name: str) -> Any:
+def _lazy_getattr(name: str) -> Any:
     if name == "__version__":
         globals()[name] = value = _version()
         return value
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kwsd' has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+    return _exported(name)
 
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY, "__version__"})
+def _lazy_dir() -> list[str]:
+    return sorted({*_exported_dir(), "__version__"})
+
+
+_exported, _exported_dir = lazy_exports(__name__, _LAZY)
+__getattr__, __dir__ = _lazy_getattr, _lazy_dir

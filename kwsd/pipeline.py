@@ -19,12 +19,13 @@ so benchmarks and diagnostics watch the engine without reaching into it.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from functools import partial
+from typing import Final, Protocol, TypeVar
 
 import structlog
 
@@ -66,6 +67,64 @@ class SearchLike(Protocol):
 
 
 DetectionSink = Callable[[Detection], None]
+_T = TypeVar("_T")
+
+
+class _EngineThread:
+    """One long-lived worker thread that runs the engine's jobs in order.
+
+    A block is handed over ten times a second. `loop.run_in_executor` costs about
+    twice the CPU of this hand-off (a concurrent future wrapped in an asyncio future,
+    the executor's work queue and its idle-thread bookkeeping, per block), which at
+    the synthetic encoder's cost was a sixth of the daemon's whole CPU time. Here a
+    job is one `SimpleQueue.put`, and its result one `call_soon_threadsafe`.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._stopped = False
+
+    async def run(self, job: Callable[[], _T]) -> _T:
+        """Run `job` on the worker thread; cancelling the wait leaves it to finish alone."""
+        if self._stopped:
+            raise RuntimeError("the pipeline's engine thread has stopped")
+        if not self._thread.is_alive():
+            self._thread.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+
+        def execute() -> None:
+            if future.cancelled():
+                return
+            try:
+                value = job()
+            except BaseException as exc:  # delivered to the awaiting task, not lost here
+                loop.call_soon_threadsafe(_fail, future, exc)
+            else:
+                loop.call_soon_threadsafe(_succeed, future, value)
+
+        self._jobs.put(execute)
+        return await future
+
+    def stop(self) -> None:
+        """Let the thread end after the job it is running (if any)."""
+        self._stopped = True
+        self._jobs.put(None)
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            job()
+
+
+def _succeed(future: asyncio.Future[_T], value: _T) -> None:
+    if not future.done():  # the waiting task may have been cancelled meanwhile
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[_T], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +197,7 @@ class Pipeline:
         self._pending_lock = threading.Lock()
         self._compute_s = 0.0  # engine time not yet attributed to a chunk
         self._reported_drop = 0.0  # seconds of dropped audio already in the metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kwsd-engine")
+        self._engine = _EngineThread("kwsd-engine")
         self._detections: asyncio.Queue[Detection | None] = asyncio.Queue(DETECTION_QUEUE_SIZE)
 
     # ----------------------------------------------------------------- control
@@ -163,19 +222,18 @@ class Pipeline:
             if not publisher.done():
                 publisher.cancel()
                 await asyncio.gather(publisher, return_exceptions=True)
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._engine.stop()
 
     # ------------------------------------------------------------------ stages
 
     async def _infer(self, audio: BoundedAudioQueue) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             block = await audio.get()
             if block is None:
-                work = await loop.run_in_executor(self._executor, self._finish)
+                work = await self._engine.run(self._finish)
                 self._deliver(None, work)
                 return
-            work = await loop.run_in_executor(self._executor, self._process, block)
+            work = await self._engine.run(partial(self._process, block))
             self._deliver(block, work)
             if self.metrics is not None:
                 self.metrics.record_dropped(audio.dropped_seconds - self._reported_drop)

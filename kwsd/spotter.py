@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import structlog
 
-from kwsd.audio.file import read_audio
 from kwsd.backends.base import Backend
 from kwsd.backends.loader import load_backend
 from kwsd.detection import Detection
@@ -56,6 +55,7 @@ from kwsd.model.resolve import resolve_model
 from kwsd.search import DecoderCache, GraphCache, KeywordSearch, SearchOptions
 
 if TYPE_CHECKING:
+    from kwsd.batch import BatchPlan, StreamBatch
     from kwsd.config import ModelSettings, SearchSettings
 
 log = structlog.get_logger(__name__)
@@ -177,6 +177,7 @@ class KeywordSpotter:
         self._compiled: OrderedDict[tuple[KeywordSpec, ...], KeywordSet] = OrderedDict()
         self._graphs = GraphCache()
         self._decoder = DecoderCache(backend)
+        self._batch_plans: dict[bool, BatchPlan] = {}
         self.keywords: KeywordSet | None = None if keywords is None else self.compile(keywords)
 
     # ------------------------------------------------------------ constructors
@@ -414,14 +415,44 @@ class KeywordSpotter:
     ) -> KeywordStream:
         """A new stream of audio at `sample_rate` Hz, spotting `keywords` (default: the
         spotter's). Streams are cheap: open one per audio source or utterance."""
-        search = KeywordSearch(
+        search = self.create_search(keywords)
+        return KeywordStream(self, Frontend(self.backend), search, sample_rate)
+
+    def create_batch(self, *, exact: bool = True) -> StreamBatch:
+        """A `StreamBatch`: many streams encoded and searched together (a server).
+
+        The first call checks which model parts give each stream the same output in a
+        batch as alone, and batches those (`StreamBatch.plan`); with dynamic int8
+        quantization the encoder and joiner do not, and run one stream per call.
+        `exact=False` batches them anyway: faster, but a stream's scores then shift
+        slightly with what the other streams hear.
+        """
+        from kwsd.batch import BatchPlan, StreamBatch
+
+        with self._lock:
+            plan = self._batch_plans.get(exact)
+        if plan is None:
+            plan = BatchPlan.probe(self.backend, exact=exact)
+            with self._lock:
+                plan = self._batch_plans.setdefault(exact, plan)
+            log.debug("batch_plan", exact=exact, plan=str(plan))
+        return StreamBatch(self, plan)
+
+    def create_search(self, keywords: KeywordsLike | None = None) -> KeywordSearch:
+        """A keyword search over this model's encoder output, sharing the spotter's
+        keyword graphs and decoder cache (the stage inside every stream)."""
+        return KeywordSearch(
             self.backend,
             self._keywords_or_default(keywords),
             self.search_options,
             graphs=self._graphs,
             decoder=self._decoder,
         )
-        return KeywordStream(self, Frontend(self.backend), search, sample_rate)
+
+    @property
+    def decoder_cache(self) -> DecoderCache:
+        """Decoder outputs by token context, shared by every stream of this spotter."""
+        return self._decoder
 
     def detect_file(
         self, path: str | os.PathLike[str], keywords: KeywordsLike | None = None
@@ -437,6 +468,8 @@ class KeywordSpotter:
         The keywords and the file are checked before this returns.
         """
         stream = self.create_stream(keywords)
+        from kwsd.audio.file import read_audio  # soundfile: only files need it
+
         samples = read_audio(Path(path))
 
         def decode() -> Iterator[Detection]:

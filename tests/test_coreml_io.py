@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 import pytest
+import soundfile as sf
 from structlog.testing import capture_logs
 
 from kwsd.backends.base import Backend, ChunkSpec, ModelDefaults
@@ -541,3 +542,35 @@ def test_macos_without_coremltools_says_how_to_install(
     monkeypatch.setitem(sys.modules, "coremltools", None)  # makes the import fail
     with pytest.raises(ModelError, match=r"pip install 'kwsd\[coreml\]'"):
         CoreMLBackend(make_bundle(tmp_path, config))
+
+
+def test_a_stream_batch_runs_coreml_one_stream_per_call(
+    tmp_path: Path, config: dict[str, Any]
+) -> None:
+    """The compiled CoreML models take one stream: a StreamBatch calls them per stream
+    and still gives each stream what it gets alone."""
+    from kwsd import KeywordSpotter
+    from kwsd.keywords import Tokenizer
+
+    backend, fake = make_backend(tmp_path, config)
+    model = _assets() / "model"
+    spotter = KeywordSpotter(
+        backend, Tokenizer(model / "tokens.txt", model / "bpe.model"), keywords=["LIGHT UP"]
+    )
+    batch = spotter.create_batch()
+    assert not batch.plan.encoder
+    assert batch.plan.joiner  # CoreML's joiner answers row by row: nothing shared
+    speech, _ = sf.read(str(_assets() / "audio" / "light_up.wav"), dtype="float32")
+    audio = [speech[8000:24000], speech[32000:56000]]
+    members = [batch.add_stream() for _ in audio]
+    for member, samples in zip(members, audio, strict=True):
+        member.accept(samples)
+    calls = fake.calls["encoder"]
+    found = batch.drain()
+    assert fake.calls["encoder"] - calls == 2 + 4  # 1 s and 1.5 s: 2 and 4 chunks
+    for member, samples in zip(members, audio, strict=True):
+        alone = spotter.create_stream()
+        assert alone.accept(samples) == found.get(member, [])
+        assert alone.frontend.state.keys() == member.frontend.state.keys()
+        for name, value in alone.frontend.state.items():
+            np.testing.assert_array_equal(member.frontend.state[name], value)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from kwsd.detection import Detection
 from kwsd.gate import DetectionGate
 from kwsd.heartbeat import Heartbeat
 from kwsd.keywords import KeywordSet, KeywordSpec, compile_keywords
-from kwsd.pipeline import Pipeline
+from kwsd.pipeline import Pipeline, _EngineThread
 from kwsd.spotter import KeywordSpotter
 
 BLOCK = 1600  # 100 ms
@@ -105,3 +107,33 @@ async def test_shutdown_padding_is_not_a_heartbeat(spotter: KeywordSpotter) -> N
     await run(pipeline, [])
     assert pipeline.stats.chunks > 0  # the flush did run the encoder on its padding
     assert not pipeline.heartbeat.started
+
+
+async def test_engine_thread_runs_jobs_in_order_and_returns_errors() -> None:
+    """The pipeline's hand-off to its worker thread (cheaper than run_in_executor)."""
+    engine = _EngineThread("test-engine")
+    threads: list[str] = []
+
+    def job(value: int) -> int:
+        threads.append(threading.current_thread().name)
+        return value * 2
+
+    assert [await engine.run(partial(job, i)) for i in range(5)] == [0, 2, 4, 6, 8]
+    assert set(threads) == {"test-engine"}
+
+    def broken() -> None:
+        raise ValueError("engine failed")
+
+    with pytest.raises(ValueError, match="engine failed"):
+        await engine.run(broken)
+
+    # A wait cancelled mid-job leaves the job to finish alone; later jobs still run.
+    release = threading.Event()
+    slow = asyncio.ensure_future(engine.run(partial(release.wait, 5)))
+    await asyncio.sleep(0.05)
+    slow.cancel()
+    release.set()
+    assert await engine.run(partial(job, 21)) == 42
+    engine.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        await engine.run(partial(job, 1))

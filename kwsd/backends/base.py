@@ -7,6 +7,7 @@ backend stay a thin adapter and lets tests swap in a replay encoder.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -70,11 +71,33 @@ class Backend(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchBackend(Backend, Protocol):
+    """A backend whose encoder can run several streams' chunks in one call.
+
+    `StreamBatch` uses it when `can_batch` is true; a backend without it (CoreML, whose
+    compiled models take one stream, or a replay backend) gets one `run_chunk` call per
+    stream instead. Each stream's state stays a separate `EncoderState`, so streams can
+    join, leave and be batched with different partners from one chunk to the next.
+    """
+
+    can_batch: bool
+
+    def run_batch(
+        self, feats: FloatArray, states: Sequence[EncoderState]
+    ) -> tuple[FloatArray, list[EncoderState]]:
+        """feats [N, frames_in, 80] and N states -> (encoder frames [N, frames_out,
+        joiner_dim], the N next states)."""
+        ...
+
+
 class DelegatingBackend:
     """A backend that forwards everything to `inner`; subclasses override one part.
 
     Used to replay recorded encoder frames through the real decoder/joiner, and by the
     benchmarks to time the encoder, without repeating the model attributes each time.
+    It deliberately has no `run_batch`: a subclass that replaces `run_chunk` would
+    otherwise be bypassed by batched encoding.
     """
 
     def __init__(self, inner: Backend) -> None:

@@ -7,6 +7,7 @@ the synthetic signature model and the GRU stand-in without special cases.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,28 @@ def _session(path: Path, num_threads: int) -> ort.InferenceSession:
             f"cannot load {path}: {exc}. The file is missing or damaged: run "
             "`kwsd models verify` and `kwsd models pull --force`"
         ) from exc
+
+
+def batch_axes(x: Any, states: Sequence[Any]) -> dict[str, int] | None:
+    """Where each state input keeps its streams, read from the model's declared shapes.
+
+    The batch dimension is the symbolic first dimension of `x` (e.g. 'N'); each state
+    must carry the same symbol exactly once. Its position differs between models and
+    even between the states of one model (Zipformer2: axis 1 for `cached_key_0
+    [64, N, 128]`, axis 0 for `cached_conv1_0 [N, 128, 15]`; the GRU stand-in: axis 1
+    for `cached_gru [3, N, 512]`), so it is never assumed. None when the model does not
+    declare it (fixed or unnamed dimensions): its streams then run one at a time.
+    """
+    symbol = x.shape[0] if x.shape else None
+    if not isinstance(symbol, str) or not symbol:
+        return None
+    axes: dict[str, int] = {}
+    for arg in states:
+        found = [axis for axis, dim in enumerate(arg.shape) if dim == symbol]
+        if len(found) != 1:
+            return None
+        axes[arg.name] = found[0]
+    return axes
 
 
 def _zeros(arg: Any) -> np.ndarray[Any, Any]:
@@ -77,6 +100,8 @@ class OnnxBackend:
             raise ModelError(f"{encoder}: state inputs without a new_<name> output: {missing}")
         self._state_inputs = [inputs[n] for n in self._state_names]
         self._outputs = ["encoder_out", *(f"new_{n}" for n in self._state_names)]
+        self.batch_axes = batch_axes(inputs["x"], self._state_inputs)
+        self.can_batch = self.batch_axes is not None
 
         meta = self._enc.get_modelmeta().custom_metadata_map
         frames_in = int(
@@ -109,6 +134,32 @@ class OnnxBackend:
         feed["x"] = np.ascontiguousarray(feats[None], dtype=np.float32)
         out = self._enc.run(self._outputs, feed)
         return out[0][0], dict(zip(self._state_names, out[1:], strict=True))
+
+    def run_batch(
+        self, feats: FloatArray, states: Sequence[EncoderState]
+    ) -> tuple[FloatArray, list[EncoderState]]:
+        """Several streams' chunks in one encoder call (see `BatchBackend`)."""
+        axes = self.batch_axes
+        if axes is None:
+            raise ModelError(
+                f"{self.encoder_path} declares no batch dimension for its states; "
+                "its streams run one at a time"
+            )
+        count = len(states)
+        feed = {
+            name: np.concatenate([state[name] for state in states], axis=axis)
+            for name, axis in axes.items()
+        }
+        feed["x"] = np.ascontiguousarray(feats, dtype=np.float32)
+        out = self._enc.run(self._outputs, feed)
+        # Each stream keeps a compact copy of its own slice: a view would keep the whole
+        # batch's arrays alive, and the next batch may pair it with other streams.
+        parts = {
+            name: [np.ascontiguousarray(p) for p in np.split(value, count, axis=axes[name])]
+            for name, value in zip(self._state_names, out[1:], strict=True)
+        }
+        next_states = [{name: parts[name][i] for name in self._state_names} for i in range(count)]
+        return out[0], next_states
 
     def decode(self, contexts: IntArray) -> FloatArray:
         out: FloatArray = self._dec.run(None, {self._dec_in: contexts.astype(np.int64)})[0]

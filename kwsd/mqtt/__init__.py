@@ -15,25 +15,58 @@ output `MqttOutput(link)` runs the link and publishes detections and the keyword
 state. Integrations use `link.subscribe(filter, callback)` and `link.publish(topic,
 payload, retain=...)`. Without a broker, `StdoutPublisher` prints the same detection
 JSON, one per line.
+
+The names below load on first use: `kwsd.mqtt.topics` is part of the configuration
+schema, which every command reads, and must not bring the MQTT client library along.
 """
 
-from kwsd.mqtt.commands import (
-    Command,
-    CommandChannel,
-    CommandError,
-    CommandHandler,
-    CommandResult,
-    RegistryCommands,
-    parse_command,
-)
-from kwsd.mqtt.link import LinkStatus, MessageCallback, MqttLink
-from kwsd.mqtt.messages import InboundMessage, OutMessage
-from kwsd.mqtt.options import MqttOptions, TlsOptions
-from kwsd.mqtt.outbox import Outbox
-from kwsd.mqtt.output import MqttOutput
-from kwsd.mqtt.payloads import CommandReply, DetectionPayload, KeywordsPayload
-from kwsd.mqtt.stdout import StdoutPublisher
-from kwsd.mqtt.topics import Topics
+from __future__ import annotations
+
+from kwsd.lazy import lazy_exports
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from kwsd.mqtt.commands import (
+        Command,
+        CommandChannel,
+        CommandError,
+        CommandHandler,
+        CommandResult,
+        RegistryCommands,
+        parse_command,
+    )
+    from kwsd.mqtt.link import LinkStatus, MessageCallback, MqttLink
+    from kwsd.mqtt.messages import InboundMessage, OutMessage
+    from kwsd.mqtt.options import MqttOptions, TlsOptions
+    from kwsd.mqtt.outbox import Outbox
+    from kwsd.mqtt.output import MqttOutput
+    from kwsd.mqtt.payloads import CommandReply, DetectionPayload, KeywordsPayload
+    from kwsd.mqtt.stdout import StdoutPublisher
+    from kwsd.mqtt.topics import Topics
+
+_LAZY = {
+    "Command": "commands",
+    "CommandChannel": "commands",
+    "CommandError": "commands",
+    "CommandHandler": "commands",
+    "CommandResult": "commands",
+    "RegistryCommands": "commands",
+    "parse_command": "commands",
+    "LinkStatus": "link",
+    "MessageCallback": "link",
+    "MqttLink": "link",
+    "InboundMessage": "messages",
+    "OutMessage": "messages",
+    "MqttOptions": "options",
+    "TlsOptions": "options",
+    "Outbox": "outbox",
+    "MqttOutput": "output",
+    "CommandReply": "payloads",
+    "DetectionPayload": "payloads",
+    "KeywordsPayload": "payloads",
+    "StdoutPublisher": "stdout",
+    "Topics": "topics",
+}
 
 __all__ = [
     "Command",
@@ -58,3 +91,6 @@ __all__ = [
     "Topics",
     "parse_command",
 ]
+
+
+__getattr__, __dir__ = lazy_exports(__name__, {k: f"kwsd.mqtt.{v}" for k, v in _LAZY.items()})

@@ -68,6 +68,20 @@ class _Hyp:
     trailing_blanks: int = 0
 
 
+def _log_prob(hyp: _Hyp) -> float:
+    return hyp.log_prob
+
+
+def log_softmax(logits: FloatArray) -> FloatArray:
+    """Row-wise log-softmax of joiner logits [rows, vocab].
+
+    Rows are independent: a row gets the same values alone or among other streams' rows.
+    """
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    result: FloatArray = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return result
+
+
 def _log_add(a: float, b: float) -> float:
     hi, lo = (a, b) if a > b else (b, a)
     return hi + float(np.log1p(np.exp(lo - hi)))
@@ -117,6 +131,7 @@ class KeywordSearch:
         self.frame = 0  # absolute encoder frame index of the next frame
         self.keywords, self.graph = keywords, graphs(keywords)
         self._pending: tuple[KeywordSet, ContextGraph] | None = None
+        self._last_rows: tuple[list[tuple[int, ...]], FloatArray] | None = None
         self.reset()
 
     # -- keyword list -------------------------------------------------------------
@@ -145,23 +160,48 @@ class KeywordSearch:
         """Search a block of encoder frames [n, joiner_dim]; returns detections."""
         detections: list[Detection] = []
         for row in enc:
-            if self._pending is not None:
-                # Between frames: partial matches refer to nodes of the old graph.
-                self.keywords, self.graph = self._pending
-                self._pending = None
-                self.reset()
-            det = self._step_frame(row)
+            contexts = self.begin_frame()
+            dec = self.decoder_rows(contexts)
+            # One joiner row per path, all against this frame.
+            logits = self.backend.join(np.repeat(row[None, :], len(contexts), axis=0), dec)
+            det = self.end_frame(log_softmax(logits))
             if det is not None:
                 detections.append(det)
-            self.frame += 1
         return detections
 
-    def _step_frame(self, enc_row: FloatArray) -> Detection | None:
+    # The two halves of one frame, apart so that `StreamBatch` can run the decoder and
+    # the joiner once for the paths of many streams in between.
+    def begin_frame(self) -> list[tuple[int, ...]]:
+        """Start the next frame: the decoder context of every live path, in path order."""
+        if self._pending is not None:
+            # Between frames: partial matches refer to nodes of the old graph.
+            self.keywords, self.graph = self._pending
+            self._pending = None
+            self.reset()
+        context = self._context
+        return [h.ys[-context:] for h in self._hyps]
+
+    def decoder_rows(self, contexts: list[tuple[int, ...]]) -> FloatArray:
+        """Decoder output for `contexts` (from `begin_frame`); not to be modified.
+
+        Through silence and inside words the paths keep their contexts from one frame to
+        the next, so the rows of the previous frame are usually the answer.
+        """
+        last = self._last_rows
+        if last is not None and last[0] == contexts:
+            return last[1]
+        rows = self.decoder.rows(contexts)
+        self._last_rows = (contexts, rows)
+        return rows
+
+    def end_frame(self, log_probs: FloatArray) -> Detection | None:
+        """Finish the frame from the joiner's log-probabilities [paths, vocab]."""
+        detection = self._advance(log_probs)
+        self.frame += 1
+        return detection
+
+    def _advance(self, log_probs: FloatArray) -> Detection | None:
         hyps = self._hyps
-        dec = self.decoder.rows([h.ys[-self._context :] for h in hyps])
-        logits = self.backend.join(np.broadcast_to(enc_row, dec.shape).copy(), dec)
-        logits = logits - logits.max(axis=1, keepdims=True)
-        log_probs = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
         total = log_probs + np.array([h.log_prob for h in hyps], dtype=np.float32)[:, None]
         flat = total.ravel()
         k = min(self.options.beam, flat.size)
@@ -201,7 +241,7 @@ class KeywordSearch:
             else:
                 existing.log_prob = _log_add(existing.log_prob, hyp.log_prob)
         self._hyps = list(merged.values())
-        best = max(self._hyps, key=lambda h: h.log_prob)
+        best = max(self._hyps, key=_log_prob)
         detection = self._check(best)
         if detection is not None or best.trailing_blanks > self._reset_frames:
             self.reset()
