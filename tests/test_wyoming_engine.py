@@ -8,6 +8,7 @@ sent in its 1,024-sample (64 ms) chunks.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from kwsd.search.graph import ContextGraph
 from kwsd.spotter import KeywordSpotter
 from kwsd.wyoming import server as server_module
 from kwsd.wyoming.engine import chunk_boundaries
-from kwsd.wyoming.server import WyomingServer
+from kwsd.wyoming.server import MAX_BACKLOG_CHUNKS, WyomingServer
 
 RATE, WIDTH, CHANNELS = 16000, 2, 1
 CHUNK_SAMPLES = 1024
@@ -239,3 +240,30 @@ def test_graph_counter_sees_real_builds(spotter: KeywordSpotter, graph_builds: _
     spotter.prepare(keywords)
     assert graph_builds.calls == 1
     assert isinstance(shared.build_graph(keywords), ContextGraph)
+
+
+async def test_a_client_ahead_of_its_decoding_is_read_no_further(
+    spotter: KeywordSpotter, speech: bytes
+) -> None:
+    """While the worker is busy, a connection hands over a few chunks, then waits: its
+    audio stays in its socket instead of piling up in kwsd; nothing is lost."""
+    keywords = _fresh_keywords(spotter, "GOOD NIGHT")
+    server = WyomingServer(spotter, lambda: keywords, version="1")
+    await server.start("tcp://127.0.0.1:0")
+    assert server.bound is not None and server.engine is not None
+    engine = server.engine
+    busy = threading.Event()
+    try:
+        async with AsyncTcpClient(*server.bound) as client:
+            engine.submit(lambda: busy.wait(30))  # the worker is stuck in a long step
+            talking = asyncio.create_task(_utterance(client, speech + bytes(len(speech))))
+            await asyncio.sleep(1.0)
+            (stream,) = engine.streams
+            assert 0 < stream.backlog <= MAX_BACKLOG_CHUNKS + 1
+            assert not talking.done()
+            busy.set()
+            assert await talking == ["hey_computer", "turn_on_the_lights"]
+            assert stream.backlog == 0
+    finally:
+        busy.set()
+        await server.close()

@@ -73,6 +73,11 @@ class EngineStream:
         self._due = engine.first_chunk_samples  # hand over once _fed reaches this
         self._keywords: KeywordSet | None = None  # the list the worker's stream spots
         self._stream: BatchStream | None = None  # worker side; created by the first restart
+        # Hand-overs so far (loop side), and how many of them are searched (worker side;
+        # the loop only reads it): the difference is this connection's backlog.
+        self.handed = 0
+        self.searched = 0
+        self._accepted = 0  # worker side: the last hand-over applied
         self._hook: DetectionsHook | None = None  # worker side: the current utterance's hook
 
     def restart(self, keywords: KeywordSet, on_detections: DetectionsHook) -> None:
@@ -88,6 +93,12 @@ class EngineStream:
         changed = keywords is not self._keywords
         self._keywords = keywords
         self.engine.submit(lambda: self._restart_in_worker(keywords, changed, on_detections))
+
+    @property
+    def backlog(self) -> int:
+        """Chunks handed over and not searched yet (a client sending faster than real
+        time, or a server short of CPU)."""
+        return self.handed - self.searched
 
     def feed(self, samples: FloatArray) -> None:
         """Buffer 16 kHz samples; hand them over once they complete an encoder chunk."""
@@ -118,6 +129,7 @@ class EngineStream:
     def close(self) -> None:
         """The connection is gone: drop the stream and whatever it had queued."""
         self._buffer.clear()
+        self.engine.streams.discard(self)
         self.engine.submit(self._close_in_worker)
 
     def _hand_over(self) -> None:
@@ -125,7 +137,9 @@ class EngineStream:
             return
         samples = self._buffer[0] if len(self._buffer) == 1 else np.concatenate(self._buffer)
         self._buffer.clear()
-        self.engine.submit(lambda: self._accept_in_worker(samples))
+        self.handed += 1
+        number = self.handed
+        self.engine.submit(lambda: self._accept_in_worker(samples, number))
 
     # ------------------------------------------------------------ worker side
 
@@ -141,9 +155,14 @@ class EngineStream:
                 self._stream.set_keywords(keywords)
         self._hook = hook
 
-    def _accept_in_worker(self, samples: FloatArray) -> None:
-        if self._stream is not None:
-            self._stream.accept(samples)
+    def _accept_in_worker(self, samples: FloatArray, number: int) -> None:
+        self._accepted = number
+        if self._stream is None or not self._stream.accept(samples):
+            self.searched = number
+
+    def _caught_up(self) -> None:
+        """Worker side: the stream's queued chunks are all searched."""
+        self.searched = self._accepted
 
     def _settle_in_worker(self, done: asyncio.Future[None], *, finish: bool) -> None:
         if self._stream is None:
@@ -180,6 +199,7 @@ class DecodeEngine:
         self._wake = threading.Condition()
         self._stopping = False
         self._opened = 0
+        self.streams: set[EngineStream] = set()  # loop side: the open connections' streams
         self._thread = threading.Thread(target=self._run, name="kwsd-wyoming-engine", daemon=True)
 
     @classmethod
@@ -200,7 +220,9 @@ class DecodeEngine:
     def open(self, name: str | None = None) -> EngineStream:
         """A stream for one connection (call `restart` to begin its first utterance)."""
         self._opened += 1
-        return EngineStream(self, name if name is not None else str(self._opened))
+        stream = EngineStream(self, name if name is not None else str(self._opened))
+        self.streams.add(stream)
+        return stream
 
     def submit(self, command: _Command) -> None:
         with self._wake:
@@ -260,13 +282,18 @@ class DecodeEngine:
                 owner = self.owners.pop(stream, None)
                 if owner is not None:
                     owner._stream = None  # its next utterance starts a new stream
+                    owner._caught_up()
                 for done in self.awaiting.pop(stream, []):
                     self.resolve(done, RuntimeError(f"decoding failed: {exc}"))
             return bool(streams)
         for stream, found in results.items():
             owner = self.owners.get(stream)
-            if found and owner is not None and owner._hook is not None:
+            if owner is None:
+                continue
+            if found and owner._hook is not None:
                 self.loop.call_soon_threadsafe(owner._hook, found)
+            if not stream.ready:
+                owner._caught_up()
         return bool(results)
 
     def _settle_finished(self) -> None:

@@ -71,6 +71,9 @@ _TCP_URI: Final = re.compile(r"tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d{1,5
 
 DetectionHook = Callable[[Detection], None]
 
+# Encoder chunks (320 ms each) a connection may hand over ahead of its decoding.
+MAX_BACKLOG_CHUNKS: Final = 4
+
 
 def parse_uri(uri: str) -> tuple[str, int] | Path:
     """`tcp://HOST:PORT` → (host, port); `unix:///path` → Path; else a ConfigError."""
@@ -424,13 +427,18 @@ class _Session:
             stream = self.stream = self._new_stream(fmt, {})
         elif fmt != stream.converter.format:
             # The format changed mid-stream: finish the old resampler, carry on.
-            self._feed(stream.converter.flush())
+            await self._feed(stream.converter.flush())
             stream.converter = PcmConverter(fmt)
-        self._feed(stream.converter.process(event.payload or b""))
+        await self._feed(stream.converter.process(event.payload or b""))
 
-    def _feed(self, samples: FloatArray) -> None:
+    async def _feed(self, samples: FloatArray) -> None:
         assert self.decoder is not None  # opened with the stream
         self.decoder.feed(samples)
+        if self.decoder.backlog > MAX_BACKLOG_CHUNKS:
+            # Read no more from a client that is ahead of its decoding (it sends faster
+            # than real time, or the machine is short of CPU): its audio waits in its
+            # socket, not in kwsd's memory.
+            await self.decoder.settle()
 
     async def _stop(self) -> None:
         stream, self.stream = self.stream, None
@@ -438,7 +446,7 @@ class _Session:
         if stream is None:
             await write_event(self.writer, not_detected_event())
             return
-        self._feed(stream.converter.flush())
+        await self._feed(stream.converter.flush())
         assert self.decoder is not None
         await self.decoder.finish()  # its detections have been reported when this returns
         if stream.detections == 0:
