@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+import structlog
 from engine_support import espeak_wav
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
@@ -267,3 +268,27 @@ async def test_a_client_ahead_of_its_decoding_is_read_no_further(
     finally:
         busy.set()
         await server.close()
+
+
+async def test_a_failing_detection_observer_costs_the_client_nothing(
+    spotter: KeywordSpotter, speech: bytes
+) -> None:
+    keywords = _fresh_keywords(spotter, "GOOD NIGHT")
+    seen: list[str] = []
+
+    def observer(det: object) -> None:
+        seen.append(str(getattr(det, "keyword", "")))
+        raise RuntimeError("observer bug")
+
+    server = WyomingServer(spotter, lambda: keywords, version="1", on_detection=observer)
+    await server.start("tcp://127.0.0.1:0")
+    assert server.bound is not None
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with AsyncTcpClient(*server.bound) as client:
+                assert await _utterance(client, speech) == ["hey_computer", "turn_on_the_lights"]
+                assert await _utterance(client, speech) == ["hey_computer", "turn_on_the_lights"]
+    finally:
+        await server.close()
+    assert seen == ["HEY COMPUTER", "TURN ON THE LIGHTS"] * 2
+    assert sum(e["event"] == "Wyoming detection observer failed" for e in logs) == 4

@@ -472,4 +472,7 @@ class _Session:
                 # session's next write waits for the socket (`drain`).
                 self.writer.write(detection_event(name, stamp).to_bytes())
             if self.server.on_detection is not None:
-                self.server.on_detection(det)
+                try:
+                    self.server.on_detection(det)
+                except Exception:  # an observer's bug must not cost the client its answer
+                    self.log.exception("Wyoming detection observer failed")
