@@ -14,10 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
-import soxr
 import structlog
-from engine_support import espeak_wav
+from engine_support import espeak
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
@@ -46,12 +44,9 @@ def spotter(assets: Path) -> KeywordSpotter:
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """'hey computer, turn on the lights' as 16 kHz 16-bit mono PCM."""
-    wav = espeak_wav(
-        tmp_path_factory.mktemp("speech") / "s.wav", "hey computer, turn on the lights"
-    )
-    audio, rate = sf.read(wav, dtype="float32")
-    pcm = soxr.resample(audio, rate, RATE)
-    return (np.clip(pcm, -1, 0.999) * 32768).astype("<i2").tobytes()
+    path = tmp_path_factory.mktemp("speech") / "s.wav"
+    audio = espeak("hey computer, turn on the lights", path)
+    return (np.clip(audio, -1, 0.999) * 32768).astype("<i2").tobytes()
 
 
 def _fresh_keywords(spotter: KeywordSpotter, extra: str) -> KeywordSet:
