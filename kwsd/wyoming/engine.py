@@ -298,5 +298,8 @@ class DecodeEngine:
 
     def _settle_finished(self) -> None:
         for stream in [s for s in self.awaiting if not s.ready]:
+            owner = self.owners.get(stream)
+            if owner is not None:
+                owner._caught_up()  # also after a hand-over the stream refused
             for done in self.awaiting.pop(stream):
                 self.resolve(done)
