@@ -2,15 +2,17 @@
 
 Home Assistant opens a connection per pipeline run and streams microphone audio into
 it; several satellites may do so at once. All connections share the one
-`KeywordSpotter` (its model, and the keyword graph of equal keyword lists; ONNX
-Runtime sessions are safe to run from several threads) while each audio stream is a
-`KeywordStream` of its own, so one client's audio never leaks into another's results.
-Decoding runs in worker threads so the event loop keeps serving the others, and a
-client that breaks the protocol gets an `error` event and loses only its own
-connection. A `detect` naming no active keyword is not a broken protocol: the client gets
-an `error` event listing what kwsd spots, keeps its connection, and its streams end in
-`not-detected`. How many connections, for how long and at what cost is in `limits`;
-accepting them is in `listener`.
+`KeywordSpotter` (its model, and the keyword graph of equal keyword lists) while each
+connection has a stream of its own, so one client's audio never leaks into another's
+results. The event loop only reads, converts and buffers audio; decoding runs in the
+`DecodeEngine`'s worker thread, which encodes the chunks of all connections together
+(`kwsd.wyoming.engine`). The keyword selection of a `detect` is computed once per
+keyword list, so a new `audio-start` rebuilds nothing. A client that breaks the
+protocol gets an `error` event and loses only its own connection. A `detect` naming
+no active keyword is not a broken protocol: the client gets an `error` event listing
+what kwsd spots, keeps its connection, and its streams end in `not-detected`. How many
+connections, for how long and at what cost is in `limits`; accepting them is in
+`listener`.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ import structlog
 
 from kwsd.backends.base import FloatArray
 from kwsd.detection import Detection
-from kwsd.engine import KeywordStream
 from kwsd.errors import ConfigError
 from kwsd.gate import DetectionGate, Verdict
 from kwsd.keywords import KeywordSet
 from kwsd.mute import MuteState
 from kwsd.spotter import KeywordSpotter
 from kwsd.wyoming.audio import AUDIO_CHUNK, AUDIO_START, AUDIO_STOP, AudioFormat, PcmConverter
+from kwsd.wyoming.engine import DecodeEngine, EngineStream
 from kwsd.wyoming.event import (
     MAX_DATA_BYTES,
     MAX_HEADER_BYTES,
@@ -46,7 +48,7 @@ from kwsd.wyoming.event import (
     ProtocolError,
     write_event,
 )
-from kwsd.wyoming.info import DESCRIBE, info_event, wake_models
+from kwsd.wyoming.info import DESCRIBE, WakeModel, info_event, wake_models
 from kwsd.wyoming.limits import ConnectionLimits, Refusals, connection_capacity
 from kwsd.wyoming.listener import Acceptor, bind_tcp, bind_unix, resolve
 from kwsd.wyoming.wake import (
@@ -68,6 +70,9 @@ _TCP_URI: Final = re.compile(r"tcp://(?P<host>\[[^\]]+\]|[^:/]+):(?P<port>\d{1,5
 
 
 DetectionHook = Callable[[Detection], None]
+
+# Encoder chunks (320 ms each) a connection may hand over ahead of its decoding.
+MAX_BACKLOG_CHUNKS: Final = 4
 
 
 def parse_uri(uri: str) -> tuple[str, int] | Path:
@@ -127,6 +132,36 @@ class WyomingServer:
         self.address: str | None = None
         self.bound: tuple[str, int] | None = None  # TCP host and port, once listening
         self.connections = 0  # served so far (metrics)
+        self.engine: DecodeEngine | None = None  # started by start()
+        # The selections of the current keyword list, by the names a `detect` asked for.
+        self._selections: tuple[KeywordSet | None, dict[tuple[str, ...] | None, _Selection]] = (
+            None,
+            {},
+        )
+
+    def selection(self, names: tuple[str, ...] | None) -> _Selection:
+        """What a `detect` for `names` spots of the current keywords (None: all of them).
+
+        Computed once per keyword list and names: every `audio-start` of every
+        connection with the same request gets the same `KeywordSet` object, so its
+        stream keeps its keyword graph.
+        """
+        current = self.keywords()
+        cached_for, selections = self._selections
+        if cached_for is not current:
+            selections = {}
+            self._selections = (current, selections)
+        found = selections.get(names)
+        if found is None:
+            models = wake_models(current.keywords)
+            chosen, unknown = select(current.keywords, names, [m.keys for m in models])
+            found = selections[names] = _Selection(
+                keywords=dataclasses.replace(current, keywords=tuple(k for k, _ in chosen)),
+                unknown=tuple(unknown),
+                replies={(k.display, k.phrase): name for k, name in chosen},
+                models=tuple(models),
+            )
+        return found
 
     # -------------------------------------------------------------- lifecycle
 
@@ -154,6 +189,8 @@ class WyomingServer:
                 f"cannot listen on {uri} for Wyoming: {exc.strerror or exc}; {hint}"
             ) from None
         self.capacity = connection_capacity(self.limits.max_connections)
+        if self.engine is None:
+            self.engine = await DecodeEngine.start(self.spotter)
         self.refusals = Refusals(
             error_event(
                 f"kwsd serves at most {self.capacity} Wyoming connections at once; try again later",
@@ -187,6 +224,9 @@ class WyomingServer:
         await asyncio.gather(*self._sessions, return_exceptions=True)
         if self.refusals is not None:
             await self.refusals.close()
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            await engine.close()
         if self.address and self.address.startswith("unix://"):
             with contextlib.suppress(OSError):
                 os.unlink(self.address.removeprefix("unix://"))
@@ -214,7 +254,8 @@ class WyomingServer:
         except OSError:
             conn.close()
             return
-        await _Session(self, reader, writer, peer).run()
+        assert self.engine is not None  # start() starts it before accepting
+        await _Session(self, self.engine, reader, writer, peer).run()
 
 
 def _report_accept_loop_end(task: asyncio.Task[None]) -> None:
@@ -226,14 +267,26 @@ def _report_accept_loop_end(task: asyncio.Task[None]) -> None:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Selection:
+    """The keywords a `detect` selects, the names it asked for that match none, and the
+    `name` each selected keyword's detections answer with."""
+
+    keywords: KeywordSet
+    unknown: tuple[str, ...]
+    replies: dict[tuple[str, str], str]  # (display, phrase) → name
+    models: tuple[WakeModel, ...]  # every active keyword, as `describe` lists them
+
+
 @dataclasses.dataclass
 class _Stream:
-    """One audio-start..audio-stop: its own keyword stream, converter and detection gate."""
+    """One audio-start..audio-stop: its converter and detection gate (the audio goes to
+    the connection's engine stream)."""
 
-    detector: KeywordStream
     converter: PcmConverter
     gate: DetectionGate  # the server's shared mute, this stream's refractory history
     start_ms: int  # the client's timestamp of audio-start (0 when it sent none)
+    replies: dict[tuple[str, str], str]  # (display, phrase) → the name detections carry
     detections: int = 0
 
 
@@ -241,6 +294,7 @@ class _Session:
     def __init__(
         self,
         server: WyomingServer,
+        engine: DecodeEngine,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         peer: str,
@@ -257,8 +311,8 @@ class _Session:
         self.peer = peer
         self.names: tuple[str, ...] | None = None
         self.stream: _Stream | None = None
-        # (display, phrase) of each selected keyword → the `name` its detections carry.
-        self.replies: dict[tuple[str, str], str] = {}
+        self.engine = engine
+        self.decoder: EngineStream | None = None  # opened at the first audio-start
         self.silent = False  # in a stream that spots nothing (no requested keyword exists)
         self.reported: str | None = None  # the last selection problem sent as an error
         self.log = log.bind(peer=peer)
@@ -280,6 +334,8 @@ class _Session:
             self.log.exception("Wyoming connection failed")
             await self._send_quietly(error_event(f"internal error: {exc}", "internal-error"))
         finally:
+            if self.decoder is not None:
+                self.decoder.close()
             self.writer.close()
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
@@ -293,7 +349,7 @@ class _Session:
 
     async def _handle(self, event: Event) -> None:
         if event.type == DESCRIBE:
-            models = wake_models(self.server.keywords().keywords)
+            models = self.server.selection(None).models
             await write_event(self.writer, info_event(models, version=self.server.version))
         elif event.type == DETECT:
             self.names = parse_detect(event.data)
@@ -310,42 +366,33 @@ class _Session:
         elif event.type == AUDIO_STOP:
             await self._stop()
         elif event.type == PING:
+            if self.decoder is not None:
+                # The pong follows the answers to all audio sent before the ping.
+                await self.decoder.settle()
             await write_event(self.writer, Event(PONG, {"text": event.data.get("text")}))
         else:
             self.log.debug("Wyoming event ignored", type=event.type)
-
-    def _keyword_set(self) -> KeywordSet:
-        """The active keywords the last `detect` asked for (all without one); may be empty."""
-        return self._select()[0]
-
-    def _select(self) -> tuple[KeywordSet, list[str]]:
-        """`_keyword_set()` and the requested names that match no keyword; remembers the
-        name each selected keyword's detections answer with."""
-        current = self.server.keywords()
-        models = wake_models(current.keywords)
-        chosen, unknown = select(current.keywords, self.names, [m.keys for m in models])
-        self.replies = {(k.display, k.phrase): name for k, name in chosen}
-        return dataclasses.replace(current, keywords=tuple(k for k, _name in chosen)), unknown
 
     async def _can_spot(self) -> bool:
         """Whether the selection holds a keyword; if not, tell the client (once per
         `detect`) with an `error` event that names what kwsd spots. The connection stays
         open: a streamed stream then ends in `not-detected`."""
-        selected, unknown = self._select()
-        asked = ", ".join(repr(n) for n in unknown)
-        models = wake_models(self.server.keywords().keywords)
-        spots = ", ".join(m.listing for m in models)
-        if selected.keywords:
-            if unknown and self.reported != asked:
+        selection = self.server.selection(self.names)
+        asked = ", ".join(repr(n) for n in selection.unknown)
+        if selection.keywords.keywords:
+            if selection.unknown and self.reported != asked:
                 # Some names are fine: spot those, and only tell the log about the rest.
                 self.reported = asked
-                self.log.warning("Wyoming detect names unknown wake words", unknown=unknown)
+                self.log.warning(
+                    "Wyoming detect names unknown wake words", unknown=list(selection.unknown)
+                )
             return True
-        if not models:
+        if not selection.models:
             code = "no-keywords"
             text = "kwsd has no active keywords; add some (config, keywords file or MQTT)"
         else:
             code = "unknown-wake-word"
+            spots = ", ".join(m.listing for m in selection.models)
             text = f"unknown wake word {asked}; kwsd spots: {spots}"
         if text != self.reported:
             self.reported = text
@@ -356,12 +403,17 @@ class _Session:
     def _new_stream(self, fmt: AudioFormat, data: dict[str, object]) -> _Stream:
         stamp = data.get("timestamp")
         start_ms = stamp if isinstance(stamp, int) and not isinstance(stamp, bool) else 0
-        return _Stream(
-            detector=self.server.spotter.create_stream(self._keyword_set()),
+        selection = self.server.selection(self.names)
+        stream = _Stream(
             converter=PcmConverter(fmt),
             gate=DetectionGate(self.server.mute, self.server.refractory_seconds),
             start_ms=start_ms,
+            replies=selection.replies,
         )
+        if self.decoder is None:
+            self.decoder = self.engine.open(self.peer)
+        self.decoder.restart(selection.keywords, lambda found: self._report(stream, found))
+        return stream
 
     async def _chunk(self, event: Event) -> None:
         fmt = AudioFormat.from_data(event.data)
@@ -375,10 +427,18 @@ class _Session:
             stream = self.stream = self._new_stream(fmt, {})
         elif fmt != stream.converter.format:
             # The format changed mid-stream: finish the old resampler, carry on.
-            await self._decode(stream, stream.converter.flush())
+            await self._feed(stream.converter.flush())
             stream.converter = PcmConverter(fmt)
-        samples = stream.converter.process(event.payload or b"")
-        await self._decode(stream, samples)
+        await self._feed(stream.converter.process(event.payload or b""))
+
+    async def _feed(self, samples: FloatArray) -> None:
+        assert self.decoder is not None  # opened with the stream
+        self.decoder.feed(samples)
+        if self.decoder.backlog > MAX_BACKLOG_CHUNKS:
+            # Read no more from a client that is ahead of its decoding (it sends faster
+            # than real time, or the machine is short of CPU): its audio waits in its
+            # socket, not in kwsd's memory.
+            await self.decoder.settle()
 
     async def _stop(self) -> None:
         stream, self.stream = self.stream, None
@@ -386,20 +446,17 @@ class _Session:
         if stream is None:
             await write_event(self.writer, not_detected_event())
             return
-        await self._decode(stream, stream.converter.flush(), final=True)
+        await self._feed(stream.converter.flush())
+        assert self.decoder is not None
+        await self.decoder.finish()  # its detections have been reported when this returns
         if stream.detections == 0:
             await write_event(self.writer, not_detected_event())
+        else:
+            await self.writer.drain()
 
-    async def _decode(self, stream: _Stream, samples: FloatArray, *, final: bool = False) -> None:
-        detector = stream.detector
-
-        def work() -> list[Detection]:
-            found = detector.accept(samples) if len(samples) else []
-            return found + detector.finish() if final else found
-
-        if not len(samples) and not final:
-            return
-        for det in await asyncio.to_thread(work):
+    def _report(self, stream: _Stream, found: list[Detection]) -> None:
+        """On the loop, from the engine: gate each detection and answer the client."""
+        for det in found:
             verdict = stream.gate.check(det)
             if verdict is Verdict.MUTED:
                 self.log.info("Wyoming detection muted", keyword=det.keyword)
@@ -409,7 +466,13 @@ class _Session:
             stream.detections += 1
             stamp = stream.start_ms + round(det.end * 1000)
             self.log.info("Wyoming detection", keyword=det.keyword, score=round(det.score, 3))
-            name = self.replies.get((det.keyword, det.phrase), det.keyword)
-            await write_event(self.writer, detection_event(name, stamp))
+            name = stream.replies.get((det.keyword, det.phrase), det.keyword)
+            if not self.writer.is_closing():
+                # Written without waiting: a detection is a few dozen bytes, and the
+                # session's next write waits for the socket (`drain`).
+                self.writer.write(detection_event(name, stamp).to_bytes())
             if self.server.on_detection is not None:
-                self.server.on_detection(det)
+                try:
+                    self.server.on_detection(det)
+                except Exception:  # an observer's bug must not cost the client its answer
+                    self.log.exception("Wyoming detection observer failed")
