@@ -24,8 +24,11 @@ from kwsd.errors import AudioError
 from kwsd.features import SAMPLE_RATE, TAIL_PADDING_SECONDS, Chunker, FbankStream
 from kwsd.keywords import KeywordSet
 from kwsd.search import KeywordSearch
+from kwsd.vad import GateItem, SpeechGate, search_items
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from kwsd.spotter import KeywordsLike, KeywordSpotter
 
 # A float block this loud (RMS) is not [-1, 1] audio but, almost always, int16 values
@@ -82,13 +85,16 @@ class KeywordStream:
     thread at a time (`set_keywords` alone may come from any thread).
 
     `frontend` and `search` are the two stages inside, for callers that schedule them
-    themselves (the daemon's pipeline feeds 16 kHz blocks to them directly).
+    themselves (the daemon's pipeline feeds 16 kHz blocks to them directly). With a
+    voice-activity gate (`create_stream(vad=...)`), `frontend` is the `SpeechGate` in
+    front of the features and encoder: the encoder rests in silence, and detection
+    times stay seconds since the stream started.
     """
 
     def __init__(
         self,
         spotter: KeywordSpotter,
-        frontend: Frontend,
+        frontend: Frontend | SpeechGate,
         search: KeywordSearch,
         sample_rate: int = SAMPLE_RATE,
     ) -> None:
@@ -131,8 +137,8 @@ class KeywordStream:
             return []
         self._finished = True
         tail = self._resampler.flush()
-        chunks = self.frontend.accept(tail) if tail.size else []
-        return self._search(chunks + self.frontend.flush())
+        chunks: list[GateItem] = [*self.frontend.accept(tail)] if tail.size else []
+        return self._search([*chunks, *self.frontend.flush()])
 
     def reset(self) -> None:
         """Start over, as a new stream: audio, partial matches and time are forgotten.
@@ -166,11 +172,8 @@ class KeywordStream:
         check_frames(enc, self.search.backend.joiner_dim)
         return self.search.step(enc)
 
-    def _search(self, chunks: list[FloatArray]) -> list[Detection]:
-        detections: list[Detection] = []
-        for enc in chunks:
-            detections.extend(self.search.step(enc))
-        return detections
+    def _search(self, chunks: Sequence[GateItem]) -> list[Detection]:
+        return search_items(chunks, self.search)
 
     def _mono_float32(self, samples: npt.ArrayLike) -> FloatArray:
         data = np.asarray(samples)

@@ -35,6 +35,7 @@ from kwsd.gate import DetectionGate, Verdict
 from kwsd.heartbeat import Heartbeat
 from kwsd.keywords import KeywordSet
 from kwsd.metrics import Metrics
+from kwsd.vad import GateItem, Restart, SpeechGate, search_items
 
 log = structlog.get_logger("kwsd.pipeline")
 
@@ -44,11 +45,12 @@ _SAMPLES_PER_FRAME: Final = 640  # 40 ms encoder frames at 16 kHz
 
 
 class FrontendLike(Protocol):
-    """`kwsd.engine.Frontend`: samples in, encoder chunks out."""
+    """`kwsd.engine.Frontend` (samples in, encoder chunks out), or the `SpeechGate` in
+    front of it, whose output also marks where the encoder restarted (`Restart`)."""
 
-    def accept(self, samples: FloatArray) -> Sequence[FloatArray]: ...
+    def accept(self, samples: FloatArray) -> Sequence[GateItem]: ...
 
-    def flush(self) -> Sequence[FloatArray]: ...
+    def flush(self) -> Sequence[GateItem]: ...
 
     def reset(self) -> None: ...
 
@@ -238,6 +240,8 @@ class Pipeline:
             self._restart_at(block)
         chunks = self.frontend.accept(block.samples)
         found = self._search(chunks, started)
+        if isinstance(self.frontend, SpeechGate) and not self.frontend.is_open and not chunks:
+            self.heartbeat.beat()  # the voice gate judged the block: audio flows, encoder rests
         self.stats.blocks += 1
         return self._work(found, started, cpu)
 
@@ -279,12 +283,11 @@ class Pipeline:
         log.info("audio gap: engine restarted", at_seconds=round(block.start, 2))
 
     def _search(
-        self, chunks: Sequence[FloatArray], started: float, *, beat: bool = True
+        self, items: Sequence[GateItem], started: float, *, beat: bool = True
     ) -> list[Detection]:
-        found: list[Detection] = []
-        for chunk in chunks:
-            found.extend(self.search.step(chunk))
+        found = search_items(items, self.search)
         self._compute_s += time.perf_counter() - started
+        chunks = [item for item in items if not isinstance(item, Restart)]
         if chunks:
             per_chunk = self._compute_s / len(chunks)
             self._compute_s = 0.0

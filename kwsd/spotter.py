@@ -54,6 +54,7 @@ from kwsd.model.bundle import ModelBundle
 from kwsd.model.locations import default_models_dir
 from kwsd.model.resolve import resolve_model
 from kwsd.search import DecoderCache, GraphCache, KeywordSearch, SearchOptions
+from kwsd.vad import SpeechGate, VadOptions
 
 if TYPE_CHECKING:
     from kwsd.config import ModelSettings, SearchSettings
@@ -410,10 +411,19 @@ class KeywordSpotter:
         return compiled
 
     def create_stream(
-        self, keywords: KeywordsLike | None = None, sample_rate: int = SAMPLE_RATE
+        self,
+        keywords: KeywordsLike | None = None,
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        vad: VadOptions | None = None,
     ) -> KeywordStream:
         """A new stream of audio at `sample_rate` Hz, spotting `keywords` (default: the
-        spotter's). Streams are cheap: open one per audio source or utterance."""
+        spotter's). Streams are cheap: open one per audio source or utterance.
+
+        `vad=VadOptions()` puts a voice-activity gate in front of the encoder: in
+        silence the encoder rests, which saves most of the CPU of an always-on
+        microphone (kwsd/vad.py). Detection times stay seconds since the stream started.
+        """
         search = KeywordSearch(
             self.backend,
             self._keywords_or_default(keywords),
@@ -421,7 +431,12 @@ class KeywordSpotter:
             graphs=self._graphs,
             decoder=self._decoder,
         )
-        return KeywordStream(self, Frontend(self.backend), search, sample_rate)
+        frontend = Frontend(self.backend)
+        if vad is None:
+            return KeywordStream(self, frontend, search, sample_rate)
+        frame_samples = round(self.backend.chunk.frame_seconds * SAMPLE_RATE)
+        gate = SpeechGate(frontend, vad, frame_samples=frame_samples)
+        return KeywordStream(self, gate, search, sample_rate)
 
     def detect_file(
         self, path: str | os.PathLike[str], keywords: KeywordsLike | None = None
