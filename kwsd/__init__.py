@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from kwsd.keywords.spec import KeywordSpec
     from kwsd.search.beam import SearchOptions
     from kwsd.spotter import BackendOptions, KeywordSpotter
+    from kwsd.vad import VadOptions
 
 _ERRORS = "kwsd.errors"
 _LAZY = {
@@ -43,6 +44,7 @@ _LAZY = {
     "BackendOptions": "kwsd.spotter",
     "KeywordStream": "kwsd.engine",
     "SearchOptions": "kwsd.search.beam",
+    "VadOptions": "kwsd.vad",
     "Detection": "kwsd.detection",
     "KeywordSpec": "kwsd.keywords.spec",
     "KeywordSet": "kwsd.keywords.compile",
@@ -70,6 +72,7 @@ __all__ = [
     "ModelMissingError",
     "NetworkError",
     "SearchOptions",
+    "VadOptions",
     "__version__",
 ]
 

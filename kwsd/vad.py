@@ -61,6 +61,10 @@ FRAME_SAMPLES: Final = round(FRAME_SECONDS * SAMPLE_RATE)
 # frame alone is often a click or a door, and would open the gate for nothing.
 ONSET_FRAMES: Final = 2
 ONSET_WINDOW: Final = 3
+# WebRTC's detector calls its first few frames speech, whatever it hears, while it
+# learns the noise floor; they do not open the gate (a keyword that starts this early
+# goes on past the warm-up, and the pre-roll gives the encoder its start).
+WARMUP_SAMPLES: Final = 7 * FRAME_SAMPLES
 MAX_PRE_ROLL_SECONDS: Final = 5.0
 MAX_HANGOVER_SECONDS: Final = 10.0
 
@@ -198,6 +202,8 @@ class GateStats:
     heard_seconds: float = 0.0  # all audio the gate judged
     encoded_seconds: float = 0.0  # audio fed to the encoder, pre-roll replays included
     segments: int = 0  # onsets
+    last_onset_seconds: float | None = None  # stream time the latest segment's speech was heard
+    last_restart_seconds: float | None = None  # ... and where its encoder restarted (pre-roll)
 
 
 class SpeechGate:
@@ -215,13 +221,11 @@ class SpeechGate:
         options: VadOptions,
         *,
         frame_samples: int,
-        detector: SpeechDetector | None = None,
     ) -> None:
         """`frame_samples`: 16 kHz samples per encoder frame (640 for 40 ms frames)."""
         self.frontend = frontend
         self.options = options
         self.stats = GateStats()
-        self._detector = detector if detector is not None else make_detector(options)
         self._frame_samples = frame_samples
         self._pre_roll = round(options.pre_roll_seconds * SAMPLE_RATE)
         self._hangover = round(options.hangover_seconds * SAMPLE_RATE)
@@ -235,6 +239,7 @@ class SpeechGate:
     def reset(self) -> None:
         """A new stream: the clock restarts at 0, the gate closes, the encoder resets."""
         self.frontend.reset()
+        self._detector = make_detector(self.options)  # learns this stream's noise floor
         self._open = False
         # Positions are samples since the reset: the stream clock.
         self._received = 0  # end of the audio accepted
@@ -254,7 +259,9 @@ class SpeechGate:
         items: list[GateItem] = []
         while self._received - self._judged >= FRAME_SAMPLES:
             frame_end = self._judged + FRAME_SAMPLES
-            self._votes.append(self._detector.is_speech(_pcm16(self._audio(self._judged, frame_end))))
+            frame = self._audio(self._judged, frame_end)
+            speech_heard = self._detector.is_speech(_pcm16(frame))
+            self._votes.append(speech_heard and self._judged >= WARMUP_SAMPLES)
             self._judged = frame_end
             speech = sum(self._votes) >= ONSET_FRAMES
             if not self._open:
@@ -295,6 +302,8 @@ class SpeechGate:
         self._fed = start
         self._last_speech = onset
         self.stats.segments += 1
+        self.stats.last_onset_seconds = onset / SAMPLE_RATE
+        self.stats.last_restart_seconds = start / SAMPLE_RATE
         log.debug("voice gate open", at_seconds=round(onset / SAMPLE_RATE, 2))
         return [restart, *self._feed(onset)]
 
@@ -319,4 +328,3 @@ class SpeechGate:
 
 def _pcm16(frame: FloatArray) -> npt.NDArray[np.int16]:
     return (np.clip(frame, -1.0, 1.0) * 32767.0).astype(np.int16)
-
