@@ -7,15 +7,18 @@ muted microphone, which no detector finds hard). Speech is espeak-ng's.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from engine_support import espeak
 
 from kwsd.audio.base import AudioBlock
 from kwsd.audio.queue import BoundedAudioQueue
 from kwsd.backends.base import Backend, DelegatingBackend, EncoderState, FloatArray
+from kwsd.cli import main
 from kwsd.config import load_settings
 from kwsd.detection import Detection
 from kwsd.errors import ConfigError
@@ -263,3 +266,43 @@ def test_settings_make_the_gate(tmp_path: Path) -> None:
 def test_bad_options_in_code_say_what_is_allowed(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=r"must be|kwsd has"):
         VadOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_kwsd_eval_measures_the_gate(
+    assets: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("KWSD_ASSETS", str(assets))
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    lines = ["relpath\ttranscript"]
+    said = [
+        ("hey computer, turn on the lights", "en-us+m3"),
+        ("good night everyone", "en+f3"),
+        ("the weather is nice today", "en-gb+m1"),
+    ]
+    for index, (text, voice) in enumerate(said):
+        speech = spoken(text, tmp_path / "u.wav", voice)
+        audio = with_floor(np.concatenate([quiet_room(4.0 + index), speech, quiet_room(2.0)]))
+        sf.write(tmp_path / f"{index}.flac", audio, RATE)
+        lines.append(f"{index}.flac\t{text.replace(',', '').upper()}")
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("\n".join(lines) + "\n")
+    reports = {}
+    for vad in ("off", "webrtc"):
+        argv = ["eval", "--manifest", str(manifest), "-k", "hey computer", "-k", "good night"]
+        argv += ["--config", str(config), "--set", f"audio.vad={vad}", "--json", "-"]
+        assert main([*argv, "--log-level", "error"]) == 0
+        reports[vad] = json.loads(capsys.readouterr().out)
+    assert reports["webrtc"]["options"]["vad"] == "webrtc"
+    assert reports["off"]["options"]["vad"] == "off"
+    for report in reports.values():
+        assert (report["total"]["positives"], report["total"]["hits"]) == (2, 2)
+        assert report["total"]["false_alarms"] == 0
+
+    argv = ["eval", "--manifest", str(manifest), "-k", "good night", "--sweep"]
+    argv += ["--config", str(config), "--set", "audio.vad=webrtc", "--log-level", "error"]
+    assert main([*argv, "--thresholds", "0.3", "--boosts", "1"]) == 0
+    assert "without the voice-activity gate" in capsys.readouterr().err
