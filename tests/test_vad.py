@@ -7,12 +7,14 @@ muted microphone, which no detector finds hard). Speech is espeak-ng's.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from daemon_support import json_lines, make_settings
 from engine_support import espeak
 
 from kwsd.audio.base import AudioBlock
@@ -20,6 +22,7 @@ from kwsd.audio.queue import BoundedAudioQueue
 from kwsd.backends.base import Backend, DelegatingBackend, EncoderState, FloatArray
 from kwsd.cli import main
 from kwsd.config import load_settings
+from kwsd.daemon import Daemon
 from kwsd.detection import Detection
 from kwsd.errors import ConfigError
 from kwsd.gate import DetectionGate
@@ -306,3 +309,21 @@ def test_kwsd_eval_measures_the_gate(
     argv += ["--config", str(config), "--set", "audio.vad=webrtc", "--log-level", "error"]
     assert main([*argv, "--thresholds", "0.3", "--boosts", "1"]) == 0
     assert "without the voice-activity gate" in capsys.readouterr().err
+
+
+async def test_kwsd_run_with_audio_vad(tmp_path: Path, assets: Path) -> None:
+    speech = spoken("hey computer, turn on the lights", tmp_path / "s.wav")
+    audio = with_floor(np.concatenate([quiet_room(12.0), speech, quiet_room(12.0, seed=7)]))
+    recording = tmp_path / "room.flac"
+    sf.write(recording, audio, RATE)
+    phrases = {"keywords.phrases": ["HEY COMPUTER", "TURN ON THE LIGHTS"]}
+    settings = make_settings(tmp_path, assets, recording, **{"audio.vad": "webrtc", **phrases})
+    out = io.StringIO()
+    daemon = Daemon(settings, stdout=out, install_signal_handlers=False)
+    assert await daemon.run() == 0
+    lines = json_lines(out)
+    assert [d["keyword"] for d in lines] == ["HEY COMPUTER", "TURN ON THE LIGHTS"]
+    assert lines[0]["start"] == pytest.approx(12.2, abs=0.3)  # seconds since the start
+    pipeline = daemon.pipeline
+    assert pipeline is not None and isinstance(pipeline.frontend, SpeechGate)
+    assert pipeline.stats.chunks < len(audio) / RATE / 0.32 / 3  # the encoder mostly rested
