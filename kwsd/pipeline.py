@@ -240,8 +240,11 @@ class Pipeline:
             self._restart_at(block)
         chunks = self.frontend.accept(block.samples)
         found = self._search(chunks, started)
-        if isinstance(self.frontend, SpeechGate) and not self.frontend.is_open and not chunks:
-            self.heartbeat.beat()  # the voice gate judged the block: audio flows, encoder rests
+        if not chunks and isinstance(self.frontend, SpeechGate) and not self.frontend.is_open:
+            # The voice gate judged the block silent: audio flows while the encoder rests,
+            # and the detector's moment of work is not the next chunk's compute time.
+            self._compute_s = 0.0
+            self.heartbeat.beat()
         self.stats.blocks += 1
         return self._work(found, started, cpu)
 
