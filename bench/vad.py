@@ -52,7 +52,6 @@ from common import (
 
 from kwsd import BackendOptions, Detection, KeywordSpotter, VadOptions
 from kwsd.backends.onnx import OnnxBackend
-from kwsd.vad import SpeechGate
 
 BLOCK = SAMPLE_RATE // 10  # 100 ms, as the daemon reads a microphone
 NOISE_FLOOR = 1e-3  # -60 dBFS white noise: a quiet microphone's self-noise
@@ -147,8 +146,8 @@ def one_run(spotter: KeywordSpotter, audio: FloatArray, vad: VadOptions | None) 
         found += stream.accept(audio[start : start + BLOCK])
     found += stream.finish()
     cpu = time.process_time() - started
-    gate = stream.frontend
-    encoded = gate.stats.encoded_seconds if isinstance(gate, SpeechGate) else len(audio) / 16000
+    gate = stream.gate
+    encoded = gate.stats.encoded_seconds if gate is not None else len(audio) / SAMPLE_RATE
     return Run(cpu, encoded, tuple(found))
 
 

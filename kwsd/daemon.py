@@ -221,7 +221,7 @@ class Daemon:
         if vad is not None:
             log.info("voice-activity gate on: the encoder rests in silence", vad=vad.detector)
         pipeline = Pipeline(
-            stream.frontend,
+            stream.entry,
             stream.search,
             heartbeat=self.heartbeat,
             gate=DetectionGate(self.mute, settings.search.refractory_seconds),

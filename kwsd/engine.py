@@ -24,7 +24,7 @@ from kwsd.errors import AudioError
 from kwsd.features import SAMPLE_RATE, TAIL_PADDING_SECONDS, Chunker, FbankStream
 from kwsd.keywords import KeywordSet
 from kwsd.search import KeywordSearch
-from kwsd.vad import GateItem, SpeechGate, search_items
+from kwsd.vad import GateItem, SpeechGate, VadOptions, search_items
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -85,18 +85,20 @@ class KeywordStream:
     thread at a time (`set_keywords` alone may come from any thread).
 
     `frontend` and `search` are the two stages inside, for callers that schedule them
-    themselves (the daemon's pipeline feeds 16 kHz blocks to them directly). With a
-    voice-activity gate (`create_stream(vad=...)`), `frontend` is the `SpeechGate` in
-    front of the features and encoder: the encoder rests in silence, and detection
-    times stay seconds since the stream started.
+    themselves (the daemon's pipeline feeds 16 kHz blocks to them directly). With
+    `vad=VadOptions()` a voice-activity gate (`gate`, kwsd/vad.py) sits in front of the
+    frontend: the encoder rests in silence, and detection times stay seconds since the
+    stream started. `entry` is the stage the 16 kHz audio goes into, gate or frontend.
     """
 
     def __init__(
         self,
         spotter: KeywordSpotter,
-        frontend: Frontend | SpeechGate,
+        frontend: Frontend,
         search: KeywordSearch,
         sample_rate: int = SAMPLE_RATE,
+        *,
+        vad: VadOptions | None = None,
     ) -> None:
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
             raise ValueError(
@@ -105,10 +107,19 @@ class KeywordStream:
         self.spotter = spotter
         self.frontend = frontend
         self.search = search
+        self.gate: SpeechGate | None = None
+        if vad is not None:
+            frame_samples = round(frontend.backend.chunk.frame_seconds * SAMPLE_RATE)
+            self.gate = SpeechGate(frontend, vad, frame_samples=frame_samples)
         self.sample_rate = sample_rate
         self._resampler = StreamResampler(sample_rate)
         self._finished = False
         self._warned_scale = False
+
+    @property
+    def entry(self) -> Frontend | SpeechGate:
+        """Where the stream's 16 kHz audio goes in: the voice gate if any, else the frontend."""
+        return self.gate if self.gate is not None else self.frontend
 
     @property
     def keywords(self) -> KeywordSet:
@@ -125,7 +136,7 @@ class KeywordStream:
         if self._finished:
             raise RuntimeError("this stream is finished; call reset() to reuse it")
         audio = self._resampler.process(self._mono_float32(samples))
-        return self._search(self.frontend.accept(audio))
+        return self._search(self.entry.accept(audio))
 
     def finish(self) -> list[Detection]:
         """End of input: pad with silence and return what the last words complete.
@@ -137,8 +148,8 @@ class KeywordStream:
             return []
         self._finished = True
         tail = self._resampler.flush()
-        chunks: list[GateItem] = [*self.frontend.accept(tail)] if tail.size else []
-        return self._search([*chunks, *self.frontend.flush()])
+        chunks: list[GateItem] = [*self.entry.accept(tail)] if tail.size else []
+        return self._search([*chunks, *self.entry.flush()])
 
     def reset(self) -> None:
         """Start over, as a new stream: audio, partial matches and time are forgotten.
@@ -146,7 +157,7 @@ class KeywordStream:
         The keyword list stays (including one passed to `set_keywords` just before).
         """
         self._resampler = StreamResampler(self.sample_rate)
-        self.frontend.reset()
+        self.entry.reset()  # the gate resets its frontend too
         self.search.reset()
         self.search.frame = 0
         self._finished = False

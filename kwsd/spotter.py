@@ -54,7 +54,7 @@ from kwsd.model.bundle import ModelBundle
 from kwsd.model.locations import default_models_dir
 from kwsd.model.resolve import resolve_model
 from kwsd.search import DecoderCache, GraphCache, KeywordSearch, SearchOptions
-from kwsd.vad import SpeechGate, VadOptions
+from kwsd.vad import VadOptions
 
 if TYPE_CHECKING:
     from kwsd.config import ModelSettings, SearchSettings
@@ -431,12 +431,7 @@ class KeywordSpotter:
             graphs=self._graphs,
             decoder=self._decoder,
         )
-        frontend = Frontend(self.backend)
-        if vad is None:
-            return KeywordStream(self, frontend, search, sample_rate)
-        frame_samples = round(self.backend.chunk.frame_seconds * SAMPLE_RATE)
-        gate = SpeechGate(frontend, vad, frame_samples=frame_samples)
-        return KeywordStream(self, gate, search, sample_rate)
+        return KeywordStream(self, Frontend(self.backend), search, sample_rate, vad=vad)
 
     def detect_file(
         self, path: str | os.PathLike[str], keywords: KeywordsLike | None = None

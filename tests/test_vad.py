@@ -71,13 +71,13 @@ def with_floor(audio: FloatArray, seed: int = 1) -> FloatArray:
 
 def run(
     spotter: KeywordSpotter, audio: FloatArray, vad: VadOptions | None, block: int = 1600
-) -> tuple[list[Detection], object]:
+) -> tuple[list[Detection], SpeechGate | None]:
     stream = spotter.create_stream(vad=vad)
     found: list[Detection] = []
     for start in range(0, len(audio), block):
         found += stream.accept(audio[start : start + block])
     found += stream.finish()
-    return found, stream.frontend
+    return found, stream.gate
 
 
 def test_the_encoder_rests_in_silence_and_runs_for_speech(
@@ -193,9 +193,9 @@ async def test_the_daemon_pipeline_gates_and_keeps_beating_in_silence(
 ) -> None:
     counting = CountingBackend(spotter.backend)
     stream = spotter.with_backend(counting).create_stream(vad=VadOptions())
-    assert isinstance(stream.frontend, SpeechGate)
+    assert isinstance(stream.gate, SpeechGate) and stream.entry is stream.gate
     pipeline = Pipeline(
-        stream.frontend,
+        stream.entry,
         stream.search,
         heartbeat=Heartbeat(),
         gate=DetectionGate(refractory_seconds=0.0),
