@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from kwsd.keywords.spec import KeywordSpec
     from kwsd.search.beam import SearchOptions
     from kwsd.spotter import BackendOptions, KeywordSpotter
+    from kwsd.vad import VadOptions
 
 _ERRORS = "kwsd.errors"
 _LAZY = {
@@ -46,6 +47,7 @@ _LAZY = {
     "StreamBatch": "kwsd.batch",
     "BatchStream": "kwsd.batch",
     "SearchOptions": "kwsd.search.beam",
+    "VadOptions": "kwsd.vad",
     "Detection": "kwsd.detection",
     "KeywordSpec": "kwsd.keywords.spec",
     "KeywordSet": "kwsd.keywords.compile",
@@ -75,6 +77,7 @@ __all__ = [
     "NetworkError",
     "SearchOptions",
     "StreamBatch",
+    "VadOptions",
     "__version__",
 ]
 

@@ -78,6 +78,7 @@ from kwsd.registry import (
 )
 from kwsd.service import Notifier, ServiceLifecycle, report_missing_model
 from kwsd.spotter import KeywordSpotter
+from kwsd.vad import VadOptions
 from kwsd.wyoming.limits import ConnectionLimits
 from kwsd.wyoming.server import WyomingServer
 from kwsd.wyoming.zeroconf import ZeroconfAnnouncer
@@ -215,9 +216,12 @@ class Daemon:
         if not registry.keyword_set.keywords:
             log.warning(NO_KEYWORDS_WARNING)
         source = await asyncio.to_thread(open_source, settings.audio)
-        stream = spotter.create_stream(registry.keyword_set)
+        vad = VadOptions.from_settings(settings.audio)
+        stream = spotter.create_stream(registry.keyword_set, vad=vad)
+        if vad is not None:
+            log.info("voice-activity gate on: the encoder rests in silence", vad=vad.detector)
         pipeline = Pipeline(
-            stream.frontend,
+            stream.entry,
             stream.search,
             heartbeat=self.heartbeat,
             gate=DetectionGate(self.mute, settings.search.refractory_seconds),

@@ -24,8 +24,11 @@ from kwsd.errors import AudioError
 from kwsd.features import SAMPLE_RATE, TAIL_PADDING_SECONDS, Chunker, FbankStream
 from kwsd.keywords import KeywordSet
 from kwsd.search import KeywordSearch
+from kwsd.vad import GateItem, SpeechGate, VadOptions, search_items
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from kwsd.spotter import KeywordsLike, KeywordSpotter
 
 # A float block this loud (RMS) is not [-1, 1] audio but, almost always, int16 values
@@ -201,10 +204,33 @@ class KeywordStream(StreamCore):
     thread at a time (`set_keywords` alone may come from any thread).
 
     `frontend` and `search` are the two stages inside, for callers that schedule them
-    themselves (the daemon's pipeline feeds 16 kHz blocks to them directly).
+    themselves (the daemon's pipeline feeds 16 kHz blocks to them directly). With
+    `vad=VadOptions()` a voice-activity gate (`gate`, kwsd/vad.py) sits in front of the
+    frontend: the encoder rests in silence, and detection times stay seconds since the
+    stream started. `entry` is the stage the 16 kHz audio goes into, gate or frontend.
     """
 
     _finished = False  # finish() was called; reset() clears it
+
+    def __init__(
+        self,
+        spotter: KeywordSpotter,
+        frontend: Frontend,
+        search: KeywordSearch,
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        vad: VadOptions | None = None,
+    ) -> None:
+        super().__init__(spotter, frontend, search, sample_rate)
+        self.gate: SpeechGate | None = None
+        if vad is not None:
+            frame_samples = round(frontend.backend.chunk.frame_seconds * SAMPLE_RATE)
+            self.gate = SpeechGate(frontend, vad, frame_samples=frame_samples)
+
+    @property
+    def entry(self) -> Frontend | SpeechGate:
+        """Where the stream's 16 kHz audio goes in: the voice gate if any, else the frontend."""
+        return self.gate if self.gate is not None else self.frontend
 
     def accept(self, samples: npt.ArrayLike) -> list[Detection]:
         """Feed mono samples at `sample_rate`; return the keywords completed by them.
@@ -215,7 +241,7 @@ class KeywordStream(StreamCore):
         """
         if self._finished:
             raise RuntimeError("this stream is finished; call reset() to reuse it")
-        return self._search(self.frontend.accept(self._input.convert(samples)))
+        return self._search(self.entry.accept(self._input.convert(samples)))
 
     def finish(self) -> list[Detection]:
         """End of input: pad with silence and return what the last words complete.
@@ -227,8 +253,8 @@ class KeywordStream(StreamCore):
             return []
         self._finished = True
         tail = self._input.flush()
-        chunks = self.frontend.accept(tail) if tail.size else []
-        return self._search(chunks + self.frontend.flush())
+        chunks: list[GateItem] = [*self.entry.accept(tail)] if tail.size else []
+        return self._search([*chunks, *self.entry.flush()])
 
     def reset(self) -> None:
         """Start over, as a new stream: audio, partial matches and time are forgotten.
@@ -236,6 +262,8 @@ class KeywordStream(StreamCore):
         The keyword list stays (including one passed to `set_keywords` just before).
         """
         self._restart()
+        if self.gate is not None:
+            self.gate.reset()
         self._finished = False
 
     def accept_encoder_frames(self, frames: npt.ArrayLike) -> list[Detection]:
@@ -248,8 +276,5 @@ class KeywordStream(StreamCore):
         check_frames(enc, self.search.backend.joiner_dim)
         return self.search.step(enc)
 
-    def _search(self, chunks: list[FloatArray]) -> list[Detection]:
-        detections: list[Detection] = []
-        for enc in chunks:
-            detections.extend(self.search.step(enc))
-        return detections
+    def _search(self, chunks: Sequence[GateItem]) -> list[Detection]:
+        return search_items(chunks, self.search)

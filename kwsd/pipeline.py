@@ -36,6 +36,7 @@ from kwsd.gate import DetectionGate, Verdict
 from kwsd.heartbeat import Heartbeat
 from kwsd.keywords import KeywordSet
 from kwsd.metrics import Metrics
+from kwsd.vad import GateItem, Restart, SpeechGate, search_items
 
 log = structlog.get_logger("kwsd.pipeline")
 
@@ -45,11 +46,12 @@ _SAMPLES_PER_FRAME: Final = 640  # 40 ms encoder frames at 16 kHz
 
 
 class FrontendLike(Protocol):
-    """`kwsd.engine.Frontend`: samples in, encoder chunks out."""
+    """`kwsd.engine.Frontend` (samples in, encoder chunks out), or the `SpeechGate` in
+    front of it, whose output also marks where the encoder restarted (`Restart`)."""
 
-    def accept(self, samples: FloatArray) -> Sequence[FloatArray]: ...
+    def accept(self, samples: FloatArray) -> Sequence[GateItem]: ...
 
-    def flush(self) -> Sequence[FloatArray]: ...
+    def flush(self) -> Sequence[GateItem]: ...
 
     def reset(self) -> None: ...
 
@@ -296,6 +298,11 @@ class Pipeline:
             self._restart_at(block)
         chunks = self.frontend.accept(block.samples)
         found = self._search(chunks, started)
+        if not chunks and isinstance(self.frontend, SpeechGate) and not self.frontend.is_open:
+            # The voice gate judged the block silent: audio flows while the encoder rests,
+            # and the detector's moment of work is not the next chunk's compute time.
+            self._compute_s = 0.0
+            self.heartbeat.beat()
         self.stats.blocks += 1
         return self._work(found, started, cpu)
 
@@ -337,12 +344,11 @@ class Pipeline:
         log.info("audio gap: engine restarted", at_seconds=round(block.start, 2))
 
     def _search(
-        self, chunks: Sequence[FloatArray], started: float, *, beat: bool = True
+        self, items: Sequence[GateItem], started: float, *, beat: bool = True
     ) -> list[Detection]:
-        found: list[Detection] = []
-        for chunk in chunks:
-            found.extend(self.search.step(chunk))
+        found = search_items(items, self.search)
         self._compute_s += time.perf_counter() - started
+        chunks = [item for item in items if not isinstance(item, Restart)]
         if chunks:
             per_chunk = self._compute_s / len(chunks)
             self._compute_s = 0.0

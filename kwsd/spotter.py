@@ -53,6 +53,7 @@ from kwsd.model.bundle import ModelBundle
 from kwsd.model.locations import default_models_dir
 from kwsd.model.resolve import resolve_model
 from kwsd.search import DecoderCache, GraphCache, KeywordSearch, SearchOptions
+from kwsd.vad import VadOptions
 
 if TYPE_CHECKING:
     from kwsd.batch import BatchPlan, StreamBatch
@@ -411,12 +412,21 @@ class KeywordSpotter:
         return compiled
 
     def create_stream(
-        self, keywords: KeywordsLike | None = None, sample_rate: int = SAMPLE_RATE
+        self,
+        keywords: KeywordsLike | None = None,
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        vad: VadOptions | None = None,
     ) -> KeywordStream:
         """A new stream of audio at `sample_rate` Hz, spotting `keywords` (default: the
-        spotter's). Streams are cheap: open one per audio source or utterance."""
+        spotter's). Streams are cheap: open one per audio source or utterance.
+
+        `vad=VadOptions()` puts a voice-activity gate in front of the encoder: in
+        silence the encoder rests, which saves most of the CPU of an always-on
+        microphone (kwsd/vad.py). Detection times stay seconds since the stream started.
+        """
         search = self.create_search(keywords)
-        return KeywordStream(self, Frontend(self.backend), search, sample_rate)
+        return KeywordStream(self, Frontend(self.backend), search, sample_rate, vad=vad)
 
     def create_batch(self, *, exact: bool = True) -> StreamBatch:
         """A `StreamBatch`: many streams encoded and searched together (a server).

@@ -40,6 +40,7 @@ from kwsd.evaluate.sweep import (
     sweep_points,
 )
 from kwsd.spotter import KeywordSpotter
+from kwsd.vad import VadOptions
 
 
 class EvalUsageError(KwsdError):
@@ -154,6 +155,7 @@ def _eval(args: argparse.Namespace) -> int:
     specs = keyword_specs(args, settings)
     if not specs:
         raise KeywordError("no keywords: pass --keywords PHRASE or --keywords-file F")
+    vad = VadOptions.from_settings(settings.audio)
     spotter = KeywordSpotter.from_config(settings.model, settings.search, assets=settings.assets)
     assert spotter.bundle is not None  # from_config always loads a bundle
     config = RunConfig(
@@ -165,7 +167,15 @@ def _eval(args: argparse.Namespace) -> int:
         ),
         specs=tuple(specs),
         grid=grid,
+        # The sweep encodes each file once, whole, and searches it at every grid point.
+        vad=None if grid is not None else vad,
     )
+    if vad is not None and grid is not None:
+        print(
+            "kwsd: warning: --sweep encodes every file whole: its results are without the "
+            "voice-activity gate (audio.vad); run without --sweep to measure the gate",
+            file=sys.stderr,
+        )
     worker = Worker(config, spotter=spotter)
     for warning in worker.keywords.warnings:
         print(f"kwsd: warning: {warning}", file=sys.stderr)
@@ -229,6 +239,7 @@ def _eval(args: argparse.Namespace) -> int:
             "threshold": spotter.search_options.threshold,
             "tolerance": args.tolerance,
             "jobs": args.jobs,
+            "vad": config.vad.detector if config.vad is not None else "off",
         }
         report = to_json(
             scores, manifest=str(manifest.path), model=spotter.label, options=options, **extra

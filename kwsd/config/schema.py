@@ -276,6 +276,32 @@ class AudioSettings(_Section):
         gt=0.0,
         description="When the device fails, retry opening it with backoff up to this interval.",
     )
+    vad: Literal["off", "webrtc"] = Field(
+        default="off",
+        description='Voice-activity gate: "webrtc" rests the encoder while nobody speaks '
+        '(most of the CPU of an always-on microphone), "off" runs it on all audio.',
+    )
+    vad_aggressiveness: int = Field(
+        default=2,
+        ge=0,
+        le=3,
+        description="How readily the gate calls sound non-speech, 0-3 (WebRTC's modes): higher "
+        "saves more CPU in a noisy room and may clip quiet speech.",
+    )
+    vad_pre_roll_seconds: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=5.0,
+        description="Audio from before the gate opens that is replayed through the encoder, so "
+        "a keyword said right at the onset is heard whole.",
+    )
+    vad_hangover_seconds: float = Field(
+        default=0.5,
+        ge=0.03,
+        le=10.0,
+        description="The gate closes after this much audio without speech; it bridges the "
+        "pauses between the words of one command.",
+    )
 
     @field_validator("device", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from kwsd.evaluate.metrics import FileResult, Spotted, Target
 from kwsd.evaluate.sweep import SAMPLE_RATE, Grid, SweepFile, at_point, encode, search
 from kwsd.keywords import KeywordSet, KeywordSpec
 from kwsd.spotter import KeywordSpotter
+from kwsd.vad import VadOptions
 
 BLOCK_SECONDS = 0.01
 
@@ -37,6 +38,7 @@ class RunConfig:
     make_spotter: SpotterFactory
     specs: tuple[KeywordSpec, ...]
     grid: Grid | None = None  # set for --sweep
+    vad: VadOptions | None = None  # the voice-activity gate (audio.vad), as `kwsd run` has it
 
 
 def load_audio(utt: Utterance) -> FloatArray:
@@ -68,7 +70,7 @@ class Worker:
     def run(self, utt: Utterance) -> FileResult:
         """Stream the file through a fresh stream, as `kwsd detect` does."""
         samples = load_audio(utt)
-        stream = self.spotter.create_stream(self.keywords)
+        stream = self.spotter.create_stream(self.keywords, vad=self.config.vad)
         found: list[Spotted] = []
         fed = 0
         for start in range(0, len(samples), self.block):
