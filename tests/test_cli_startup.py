@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import kwsd
 import kwsd.cli
 from kwsd.cli import COMMANDS, build_parser
 
@@ -56,3 +57,12 @@ def test_the_listing_matches_what_the_modules_register() -> None:
     """`COMMANDS` summarises the modules for `kwsd --help`; it must not drift from them."""
     assert build_parser([]).format_help() == build_parser().format_help()
     assert {module for module, _ in COMMANDS.values()} == set(kwsd.cli.COMMAND_MODULES)
+
+
+def test_version_is_printed_on_stdout() -> None:
+    """Scripts read it with $(kwsd --version), as from argparse's own version action."""
+    result = subprocess.run(
+        [sys.executable, "-m", "kwsd", "--version"], capture_output=True, text=True, check=True
+    )
+    assert result.stdout == f"kwsd {kwsd.__version__}\n"
+    assert result.stderr == ""

@@ -65,7 +65,8 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
         import kwsd
 
-        parser.exit(message=f"kwsd {kwsd.__version__}\n")
+        print(f"kwsd {kwsd.__version__}")  # stdout, as argparse's own version action does
+        parser.exit()
 
 
 class _Parser(argparse.ArgumentParser):
