@@ -40,8 +40,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# The Wyoming client and the stand-in Supervisor are shared with the tests.
+# The Wyoming client, the stand-in Supervisor and free_port are shared with the tests.
 sys.path.insert(0, str(ROOT / "tests"))
+from mqtt_broker import free_port  # noqa: E402  (after the path it comes from)
+
 SPEECH_TEXT = "hey computer, turn on the lights"
 EXPECTED_KEYWORD = "HEY COMPUTER"
 EXPECTED_WAKE_ID = "hey_computer"  # what Wyoming advertises and answers for that keyword
@@ -173,12 +175,6 @@ def build_wheelhouse(dest: Path) -> None:
 # --------------------------------------------------------------------------------------
 # Helpers: ports, podman, speech, mosquitto, the stand-in Supervisor
 # --------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def podman(
