@@ -79,6 +79,7 @@ from kwsd.registry import (
 from kwsd.service import Notifier, ServiceLifecycle, report_missing_model
 from kwsd.spotter import KeywordSpotter
 from kwsd.vad import VadOptions
+from kwsd.wyoming.engine import DecodeOptions
 from kwsd.wyoming.limits import ConnectionLimits
 from kwsd.wyoming.server import WyomingServer
 from kwsd.wyoming.zeroconf import ZeroconfAnnouncer
@@ -302,6 +303,7 @@ class Daemon:
             refractory_seconds=settings.search.refractory_seconds,
             mute=self._wyoming_mute(settings),
             on_detection=self._on_wyoming_detection,
+            decoding=DecodeOptions.from_settings(settings.wyoming, settings.log, spotter),
         )
 
     def _wyoming_mute(self, settings: Settings) -> MuteState | None:

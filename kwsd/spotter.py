@@ -22,10 +22,11 @@ responsive, as the Wyoming server and the daemon do. Everything a user can get w
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeAlias
@@ -361,6 +362,23 @@ class KeywordSpotter:
             keywords=self.keywords.specs if self.keywords is not None else None,
             search=self.search_options,
             bundle=self.bundle,
+            stand_in=self.stand_in,
+        )
+
+    def loader(self) -> Callable[[], KeywordSpotter] | None:
+        """A picklable function that loads this spotter's model again, e.g. in another
+        process (the Wyoming server's decode processes, `kwsd eval`'s workers).
+
+        None for a spotter over a backend built by hand (`with_backend`, a custom
+        `Backend`): only a model's files can be loaded again.
+        """
+        if self.bundle is None or self.backend_options is None:
+            return None
+        return functools.partial(
+            KeywordSpotter.from_bundle,
+            self.bundle,
+            backend=self.backend_options,
+            search=self.search_options,
             stand_in=self.stand_in,
         )
 

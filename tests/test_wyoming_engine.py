@@ -16,11 +16,9 @@ import numpy as np
 import pytest
 import structlog
 from engine_support import espeak
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
-from wyoming.event import Event
-from wyoming.ping import Ping, Pong
-from wyoming.wake import Detect, Detection, NotDetected
+from wyoming.wake import Detect
+from wyoming_support import CHUNK_SAMPLES, WIDTH, utterance
 
 import kwsd.search.shared as shared
 from kwsd.batch import BatchStream
@@ -29,11 +27,10 @@ from kwsd.keywords import KeywordSet, KeywordSpec
 from kwsd.search.graph import ContextGraph
 from kwsd.spotter import KeywordSpotter
 from kwsd.wyoming import server as server_module
+from kwsd.wyoming.decoding import BatchWorker
 from kwsd.wyoming.engine import chunk_boundaries
 from kwsd.wyoming.server import MAX_BACKLOG_CHUNKS, WyomingServer
-
-RATE, WIDTH, CHANNELS = 16000, 2, 1
-CHUNK_SAMPLES = 1024
+from kwsd.wyoming.shards import ThreadShard
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +50,16 @@ def _fresh_keywords(spotter: KeywordSpotter, extra: str) -> KeywordSet:
     """A list no other test compiled, so its graph is not in the spotter's cache yet."""
     phrases = ["HEY COMPUTER", "TURN ON THE LIGHTS", extra]
     return spotter.compile([KeywordSpec(phrase=p, boost=2.0, threshold=0.25) for p in phrases])
+
+
+class _Stall:
+    """A command that holds the decode worker until `released` is set."""
+
+    def __init__(self, released: threading.Event) -> None:
+        self.released = released
+
+    def apply(self, worker: BatchWorker) -> None:
+        self.released.wait(30)
 
 
 class _Counter:
@@ -96,32 +103,6 @@ def hand_overs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     yield sizes
 
 
-async def _utterance(client: AsyncTcpClient, pcm: bytes) -> list[str]:
-    """One audio-start..audio-stop in Home Assistant's chunks; the answers' names
-    (detections) or "not-detected", up to the pong of a ping sent after audio-stop."""
-    await client.write_event(AudioStart(rate=RATE, width=WIDTH, channels=CHANNELS).event())
-    step = CHUNK_SAMPLES * WIDTH
-    for offset in range(0, len(pcm), step):
-        audio = pcm[offset : offset + step]
-        chunk = AudioChunk(rate=RATE, width=WIDTH, channels=CHANNELS, audio=audio)
-        await client.write_event(chunk.event())
-    await client.write_event(AudioStop().event())
-    await client.write_event(Ping(text="end").event())
-    answers: list[str] = []
-    while True:
-        async with asyncio.timeout(30):
-            event = await client.read_event()
-        assert isinstance(event, Event), f"connection closed after {answers}"
-        if Pong.is_type(event.type):
-            return answers
-        if Detection.is_type(event.type):
-            answers.append(str(Detection.from_event(event).name))
-        elif NotDetected.is_type(event.type):
-            answers.append("not-detected")
-        else:
-            raise AssertionError(event)
-
-
 def test_hand_over_points_are_where_the_model_completes_a_chunk(
     spotter: KeywordSpotter,
 ) -> None:
@@ -146,7 +127,7 @@ async def test_audio_is_handed_over_in_whole_chunks_and_detected(
     try:
         async with AsyncTcpClient(*server.bound) as client:
             await client.write_event(Detect(names=["hey_computer"]).event())
-            assert await _utterance(client, speech) == ["hey_computer"]
+            assert await utterance(client, speech) == ["hey_computer"]
     finally:
         await server.close()
     samples = len(speech) // WIDTH
@@ -176,7 +157,7 @@ async def test_audio_starts_with_the_same_list_build_its_graph_once(
             async with AsyncTcpClient(*server.bound) as client:
                 await client.write_event(Detect(names=["turn_on_the_lights"]).event())
                 for _utterance_number in range(3):
-                    assert await _utterance(client, speech) == ["turn_on_the_lights"]
+                    assert await utterance(client, speech) == ["turn_on_the_lights"]
     finally:
         await server.close()
     assert graph_builds.calls == 1  # the selected list's graph, for all six utterances
@@ -194,11 +175,11 @@ async def test_a_new_keyword_list_reaches_the_next_utterance_of_a_connection(
     assert server.bound is not None
     try:
         async with AsyncTcpClient(*server.bound) as client:
-            assert await _utterance(client, speech) == ["hey_computer", "turn_on_the_lights"]
+            assert await utterance(client, speech) == ["hey_computer", "turn_on_the_lights"]
             current[0] = second
-            assert await _utterance(client, speech) == ["turn_on_the_lights"]
+            assert await utterance(client, speech) == ["turn_on_the_lights"]
             current[0] = first
-            assert await _utterance(client, speech) == ["hey_computer", "turn_on_the_lights"]
+            assert await utterance(client, speech) == ["hey_computer", "turn_on_the_lights"]
     finally:
         await server.close()
     # Each list once (the first one's graph is still cached when it comes back).
@@ -220,7 +201,7 @@ async def test_concurrent_connections_get_what_each_gets_alone(
         # Two connections hear speech, two silence, all at once through one batch.
         sounds = [speech, silence, speech, silence]
         results = await asyncio.gather(
-            *(_utterance(c, pcm) for c, pcm in zip(clients, sounds, strict=True))
+            *(utterance(c, pcm) for c, pcm in zip(clients, sounds, strict=True))
         )
         for client in clients:
             await client.disconnect()
@@ -251,8 +232,10 @@ async def test_a_client_ahead_of_its_decoding_is_read_no_further(
     busy = threading.Event()
     try:
         async with AsyncTcpClient(*server.bound) as client:
-            engine.submit(lambda: busy.wait(30))  # the worker is stuck in a long step
-            talking = asyncio.create_task(_utterance(client, speech + bytes(len(speech))))
+            (shard,) = engine.shards
+            assert isinstance(shard, ThreadShard)
+            shard.submit(_Stall(busy))  # the worker is stuck in a long step
+            talking = asyncio.create_task(utterance(client, speech + bytes(len(speech))))
             await asyncio.sleep(1.0)
             (stream,) = engine.streams
             assert 0 < stream.backlog <= MAX_BACKLOG_CHUNKS + 1
@@ -281,8 +264,8 @@ async def test_a_failing_detection_observer_costs_the_client_nothing(
     try:
         with structlog.testing.capture_logs() as logs:
             async with AsyncTcpClient(*server.bound) as client:
-                assert await _utterance(client, speech) == ["hey_computer", "turn_on_the_lights"]
-                assert await _utterance(client, speech) == ["hey_computer", "turn_on_the_lights"]
+                assert await utterance(client, speech) == ["hey_computer", "turn_on_the_lights"]
+                assert await utterance(client, speech) == ["hey_computer", "turn_on_the_lights"]
     finally:
         await server.close()
     assert seen == ["HEY COMPUTER", "TURN ON THE LIGHTS"] * 2

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -157,14 +156,10 @@ def _eval(args: argparse.Namespace) -> int:
         raise KeywordError("no keywords: pass --keywords PHRASE or --keywords-file F")
     vad = VadOptions.from_settings(settings.audio)
     spotter = KeywordSpotter.from_config(settings.model, settings.search, assets=settings.assets)
-    assert spotter.bundle is not None  # from_config always loads a bundle
+    load = spotter.loader()
+    assert load is not None  # from_config always loads a model's files
     config = RunConfig(
-        make_spotter=partial(
-            KeywordSpotter.from_bundle,
-            spotter.bundle,
-            backend=spotter.backend_options,
-            search=spotter.search_options,
-        ),
+        make_spotter=load,
         specs=tuple(specs),
         grid=grid,
         # The sweep encodes each file once, whole, and searches it at every grid point.

@@ -19,6 +19,7 @@ from kwsd.cli.common import (
     load_spotter_and_keywords,
     settings_for,
 )
+from kwsd.wyoming.engine import DecodeOptions
 from kwsd.wyoming.limits import ConnectionLimits
 from kwsd.wyoming.server import WyomingServer, parse_uri
 from kwsd.wyoming.zeroconf import ZeroconfAnnouncer
@@ -50,9 +51,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help="ignore repeats of a keyword within this time (default: search.refractory_seconds)",
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="decode in N processes, one core each, for many satellites; 0 = one thread, "
+        "auto = one per core (default: wyoming.workers, 0)",
+    )
     add_keyword_args(p)
     add_model_args(p)
     p.set_defaults(func=_run)
+
+
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give a number of processes (0 = one thread) or auto"
+        ) from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -61,6 +80,7 @@ def _run(args: argparse.Namespace) -> int:
         wyoming__uri=args.uri,
         wyoming__zeroconf=args.zeroconf,
         search__refractory_seconds=args.refractory,
+        wyoming__workers=args.workers,
     )
     parse_uri(settings.wyoming.uri)  # a bad uri fails before the model loads
     settings, spotter, keywords = load_spotter_and_keywords(
@@ -77,6 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         refractory_seconds=settings.search.refractory_seconds,
         limits=ConnectionLimits.from_settings(settings.wyoming),
         announcer=ZeroconfAnnouncer.from_settings(settings.wyoming, version=__version__),
+        decoding=DecodeOptions.from_settings(settings.wyoming, settings.log, spotter),
     )
     asyncio.run(_serve(server, settings.wyoming.uri))
     return 0

@@ -40,6 +40,8 @@ from kwsd.keywords.spec import KeywordSpec
 from kwsd.mqtt.topics import base_topic_problem
 
 SITE_ID_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
+# More decode processes than this is a typo, not a machine (each holds its own model).
+MAX_DECODE_WORKERS = 64
 
 
 def _expand_user(path: Path) -> Path:
@@ -544,6 +546,14 @@ class WyomingSettings(_Section):
         description="Close a connection that sends nothing for this long (a satellite "
         "reconnects by itself). 0 = never.",
     )
+    workers: int | Literal["auto"] = Field(
+        default=0,
+        description="Decode processes for the Wyoming streams. 0 = decode in one thread of "
+        "kwsd's own process (lightest; enough for a few satellites). N = N processes, each "
+        "with its own copy of the model (about 60 MiB more each), so decoding uses N cores; "
+        '"auto" = one per core kwsd may use. With many streams, model.precision = "fp32" '
+        "lets each process encode its streams together (the int8 files cannot batch exactly).",
+    )
     zeroconf: bool = Field(
         default=True,
         description="Announce the Wyoming server on the local network (mDNS, _wyoming._tcp) "
@@ -567,6 +577,15 @@ class WyomingSettings(_Section):
     def _known_scheme(cls, value: str) -> str:
         if not re.fullmatch(r"tcp://[^:/]+:\d{1,5}|unix://.+", value):
             raise ValueError('uri must look like "tcp://0.0.0.0:10400" or "unix:///run/kwsd.sock"')
+        return value
+
+    @field_validator("workers")
+    @classmethod
+    def _sensible_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= MAX_DECODE_WORKERS:
+            raise ValueError(
+                f'workers must be 0 (one thread), 1 to {MAX_DECODE_WORKERS} or "auto", not {value}'
+            )
         return value
 
     @field_validator("zeroconf_host")

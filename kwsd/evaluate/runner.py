@@ -26,8 +26,8 @@ from kwsd.vad import VadOptions
 
 BLOCK_SECONDS = 0.01
 
-# Loads the model: `functools.partial(KeywordSpotter.from_bundle, bundle, ...)`, which
-# pickles, so every pool worker loads its own copy.
+# Loads the model: `KeywordSpotter.loader()`, which pickles, so every pool worker
+# loads its own copy.
 SpotterFactory = Callable[[], KeywordSpotter]
 
 

@@ -1,46 +1,70 @@
-"""The Wyoming server's decoding engine: every connection's stream in one `StreamBatch`.
+"""The Wyoming server's decoding engine, as the event loop sees it.
 
 A connection used to decode each 64 ms `audio-chunk` in a thread of its own: one
 thread hop per piece, and each piece too short to fill an encoder chunk, so most hops
 only computed features. Here the event loop only buffers the converted samples and
 hands a stream's audio over when it completes an encoder chunk (320 ms, aligned with
 the model's chunking, so handing over adds no delay), or the tail at `audio-stop`.
-One worker thread owns the batch: it applies what the connections handed over, then
-steps the batch while any stream has a chunk, so the chunks of all streams that are
-ready go through the model together (`StreamBatch` batches what stays exact for each
-stream). Detections go back to the loop with `call_soon_threadsafe`, in order, and a
-finished stream's future is resolved after its last detections.
 
-The worker is the only thread that touches the batch; the loop only queues commands.
+Decoding runs in *shards* (`kwsd.wyoming.shards`): one worker thread by default, or
+`wyoming.workers` decode processes, each stepping its own `StreamBatch` so the chunks
+of all its streams that are ready go through the model together. A connection stays
+on one shard. The loop talks to a shard only in messages (`kwsd.wyoming.decoding`):
+commands out, events back; detections reach an utterance's hook on the loop, in
+order, and a request to settle is answered after the detections before it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections import deque
+import contextlib
+import itertools
+import os
 from collections.abc import Callable
-from typing import Final
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import structlog
 
 from kwsd.backends.base import FloatArray
-from kwsd.batch import BatchStream, StreamBatch
 from kwsd.detection import Detection
 from kwsd.engine import Frontend
+from kwsd.errors import ConfigError
 from kwsd.features import SAMPLE_RATE
 from kwsd.keywords import KeywordSet
 from kwsd.spotter import KeywordSpotter
+from kwsd.wyoming.decoding import (
+    Accept,
+    Close,
+    Event,
+    Found,
+    Lost,
+    Restart,
+    Searched,
+    Settle,
+    Settled,
+)
+from kwsd.wyoming.shards import (
+    ProcessShard,
+    Shard,
+    SpotterFactory,
+    ThreadShard,
+    WorkerLogging,
+)
+
+if TYPE_CHECKING:
+    from kwsd.config.schema import LogSettings, WyomingSettings
 
 log = structlog.get_logger("kwsd.wyoming")
 
 DetectionsHook = Callable[[list[Detection]], None]
-_Command = Callable[[], None]
 
 # Resolution of the hand-over calibration (samples at 16 kHz): 5 ms.
 _CALIBRATION_STEP: Final = 80
 FEATURE_FRAMES_PER_SECOND: Final = 100  # fbank frames are 10 ms apart
+# Wait between attempts to start a decode process in place of one that died.
+RESTART_DELAY_SECONDS: Final = 5.0
 
 
 def chunk_boundaries(spotter: KeywordSpotter) -> tuple[int, int]:
@@ -57,6 +81,57 @@ def chunk_boundaries(spotter: KeywordSpotter) -> tuple[int, int]:
     return first, spotter.backend.chunk.frames_shift * SAMPLE_RATE // FEATURE_FRAMES_PER_SECOND
 
 
+@dataclass(frozen=True, slots=True)
+class DecodeOptions:
+    """Where a Wyoming server decodes.
+
+    `workers=0` decodes in one thread of the server's process, with its spotter.
+    `workers=N` starts N decode processes, each loading the model with `load`
+    (`KeywordSpotter.loader()`): decoding then uses N cores, at the memory of one
+    more model per process. `exact=False` lets int8 models batch too
+    (`KeywordSpotter.create_batch`).
+    """
+
+    workers: int = 0
+    load: SpotterFactory | None = None
+    exact: bool = True
+    logging: WorkerLogging = field(default_factory=WorkerLogging)
+
+    @classmethod
+    def from_settings(
+        cls, wyoming: WyomingSettings, logging: LogSettings, spotter: KeywordSpotter
+    ) -> DecodeOptions:
+        """`wyoming.workers` for `spotter`'s model; a ConfigError when it cannot apply."""
+        workers = wyoming.workers
+        if workers == "auto":
+            workers = usable_cores()
+        if workers == 0:
+            return cls()
+        load = spotter.loader()
+        if load is None:
+            raise ConfigError(
+                "wyoming.workers needs a model kwsd loads from files, not a custom backend; "
+                "set wyoming.workers = 0"
+            )
+        return cls(
+            workers=workers,
+            load=load,
+            logging=WorkerLogging(level=logging.level, fmt=logging.format),
+        )
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit included)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+class DecodingError(RuntimeError):
+    """An utterance could not be decoded (its decode process died, a model call failed)."""
+
+
 class EngineStream:
     """A connection's stream, used from the event loop: buffer audio, hand over chunks.
 
@@ -65,26 +140,30 @@ class EngineStream:
     detections. Detections reach the utterance's hook on the event loop.
     """
 
-    def __init__(self, engine: DecodeEngine, name: str) -> None:
+    def __init__(self, engine: DecodeEngine, shard: Shard, number: int, name: str) -> None:
         self.engine = engine
+        self.shard = shard
+        self.number = number
         self.name = name
         self._buffer: list[FloatArray] = []
         self._fed = 0  # samples of this utterance so far (16 kHz)
         self._due = engine.first_chunk_samples  # hand over once _fed reaches this
-        self._keywords: KeywordSet | None = None  # the list the worker's stream spots
-        self._stream: BatchStream | None = None  # worker side; created by the first restart
-        # Hand-overs so far (loop side), and how many of them are searched (worker side;
-        # the loop only reads it): the difference is this connection's backlog.
+        self._keywords: KeywordSet | None = None  # the list the shard's stream spots
+        self._utterance = 0
+        # Hooks of the utterances whose detections may still arrive (the previous
+        # one's queued audio is searched after `restart`, for its own hook).
+        self._hooks: dict[int, DetectionsHook] = {}
+        self._error: str | None = None  # why the current utterance's decoding failed
+        # Hand-overs so far, and how many of them the shard has searched: the
+        # difference is this connection's backlog.
         self.handed = 0
         self.searched = 0
-        self._accepted = 0  # worker side: the last hand-over applied
-        self._hook: DetectionsHook | None = None  # worker side: the current utterance's hook
 
     def restart(self, keywords: KeywordSet, on_detections: DetectionsHook) -> None:
         """Begin an utterance spotting `keywords`; the previous one's queued audio is
         searched first (its detections go to its own hook), its buffered rest dropped.
 
-        The keyword graph is only looked up when `keywords` is another list than the
+        The keywords only travel to the shard when they are another list than the
         last utterance's, so a new utterance with the same list rebuilds nothing.
         """
         self._buffer.clear()
@@ -92,7 +171,12 @@ class EngineStream:
         self._due = self.engine.first_chunk_samples
         changed = keywords is not self._keywords
         self._keywords = keywords
-        self.engine.submit(lambda: self._restart_in_worker(keywords, changed, on_detections))
+        self._error = None
+        self._utterance += 1
+        self._hooks[self._utterance] = on_detections
+        self.shard.submit(
+            Restart(self.number, self._utterance, self.name, keywords if changed else None)
+        )
 
     @property
     def backlog(self) -> int:
@@ -112,25 +196,33 @@ class EngineStream:
             self._hand_over()
 
     async def finish(self) -> None:
-        """End the utterance: hand over the rest, pad it, and wait until the worker has
-        delivered its last detections (they reach the hook before this returns)."""
+        """End the utterance: hand over the rest, pad it, and wait until the shard has
+        delivered its last detections (they reach the hook before this returns).
+
+        Raises DecodingError when the utterance's decoding failed.
+        """
         self._hand_over()
-        done: asyncio.Future[None] = self.engine.loop.create_future()
-        self.engine.submit(lambda: self._settle_in_worker(done, finish=True))
-        await done
+        await self.engine.request(self, finish=True)
+        if self._error is not None:
+            raise DecodingError(self._error)
 
     async def settle(self) -> None:
         """Wait until the audio handed over so far is searched and its detections
-        delivered (what is still buffered cannot complete a chunk yet)."""
-        done: asyncio.Future[None] = self.engine.loop.create_future()
-        self.engine.submit(lambda: self._settle_in_worker(done, finish=False))
-        await done
+        delivered (what is still buffered cannot complete a chunk yet).
+
+        A failed decoding is not raised here: the utterance's `finish` reports it.
+        """
+        try:
+            await self.engine.request(self, finish=False)
+        except DecodingError as exc:
+            self._error = self._error or str(exc)
 
     def close(self) -> None:
         """The connection is gone: drop the stream and whatever it had queued."""
         self._buffer.clear()
-        self.engine.streams.discard(self)
-        self.engine.submit(self._close_in_worker)
+        self._hooks.clear()
+        self.engine.forget(self)
+        self.shard.submit(Close(self.number))
 
     def _hand_over(self) -> None:
         if not self._buffer:
@@ -138,168 +230,191 @@ class EngineStream:
         samples = self._buffer[0] if len(self._buffer) == 1 else np.concatenate(self._buffer)
         self._buffer.clear()
         self.handed += 1
-        number = self.handed
-        self.engine.submit(lambda: self._accept_in_worker(samples, number))
+        self.shard.submit(Accept(self.number, samples, self.handed))
 
-    # ------------------------------------------------------------ worker side
+    # ------------------------------------------------------------ events
 
-    def _restart_in_worker(self, keywords: KeywordSet, changed: bool, hook: DetectionsHook) -> None:
-        engine = self.engine
-        if self._stream is None:
-            self._stream = engine.batch.add_stream(keywords, name=self.name)
-            engine.owners[self._stream] = self
-        else:
-            engine.drain(self._stream)  # the old utterance's queued chunks still count
-            self._stream.reset()
-            if changed:
-                self._stream.set_keywords(keywords)
-        self._hook = hook
-
-    def _accept_in_worker(self, samples: FloatArray, number: int) -> None:
-        self._accepted = number
-        if self._stream is None or not self._stream.accept(samples):
-            self.searched = number
-
-    def _caught_up(self) -> None:
-        """Worker side: the stream's queued chunks are all searched."""
-        self.searched = self._accepted
-
-    def _settle_in_worker(self, done: asyncio.Future[None], *, finish: bool) -> None:
-        if self._stream is None:
-            self.engine.resolve(done)
+    def _found(self, utterance: int, detections: list[Detection]) -> None:
+        for old in [u for u in self._hooks if u < utterance]:
+            del self._hooks[old]  # no more audio of an older utterance is coming
+        hook = self._hooks.get(utterance)
+        if hook is None:
             return
-        if finish:
-            self._stream.finish()
-        self.engine.awaiting.setdefault(self._stream, []).append(done)
+        try:
+            hook(detections)
+        except Exception:
+            log.exception("Wyoming detection hook failed", stream=self.name)
 
-    def _close_in_worker(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            self.engine.owners.pop(stream, None)
-            for done in self.engine.awaiting.pop(stream, []):
-                self.engine.resolve(done)
-            stream.close()
+    def _lost(self, error: str) -> None:
+        """The shard dropped this stream: the next utterance reopens it with its keywords."""
+        self._keywords = None
+        self._error = error
+        self.searched = self.handed
 
 
 class DecodeEngine:
-    """One worker thread stepping one `StreamBatch` for all Wyoming connections."""
+    """The shards decoding the Wyoming connections, and the connections' streams."""
 
-    def __init__(
-        self, spotter: KeywordSpotter, batch: StreamBatch, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        """Use `DecodeEngine.start`, which builds the batch off the event loop."""
+    def __init__(self, spotter: KeywordSpotter) -> None:
+        """Use `DecodeEngine.start`, which starts the shards."""
         self.spotter = spotter
-        self.batch = batch
-        self.loop = loop
         self.first_chunk_samples, self.chunk_samples = chunk_boundaries(spotter)
-        # Worker side: futures resolved once their stream has no chunk queued.
-        self.awaiting: dict[BatchStream, list[asyncio.Future[None]]] = {}
-        self.owners: dict[BatchStream, EngineStream] = {}  # worker side
-        self._commands: deque[_Command] = deque()
-        self._wake = threading.Condition()
-        self._stopping = False
-        self._opened = 0
-        self.streams: set[EngineStream] = set()  # loop side: the open connections' streams
-        self._thread = threading.Thread(target=self._run, name="kwsd-wyoming-engine", daemon=True)
+        self.shards: list[Shard] = []
+        self.streams: set[EngineStream] = set()  # the open connections' streams
+        self._by_number: dict[int, EngineStream] = {}
+        self._numbers = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self._requests: dict[int, tuple[EngineStream, asyncio.Future[None]]] = {}
+        self._replacing: set[asyncio.Task[None]] = set()
+        self._load: SpotterFactory | None = None
+        self._exact = True
+        self._logging = WorkerLogging()
+        self._closed = False
 
     @classmethod
-    async def start(cls, spotter: KeywordSpotter) -> DecodeEngine:
-        """Probe the model for batching and start the worker (both off the loop)."""
-        batch = await asyncio.to_thread(spotter.create_batch)
-        engine = await asyncio.to_thread(cls, spotter, batch, asyncio.get_running_loop())
-        engine._thread.start()
-        log.debug("Wyoming decode engine started", plan=str(batch.plan))
+    async def start(
+        cls, spotter: KeywordSpotter, options: DecodeOptions | None = None
+    ) -> DecodeEngine:
+        """Start the shards `options` asks for (default: one thread using `spotter`)."""
+        options = options or DecodeOptions()
+        engine = await asyncio.to_thread(cls, spotter)
+        engine._exact = options.exact
+        engine._logging = options.logging
+        if options.workers <= 0:
+            engine.shards = [
+                await ThreadShard.start(spotter, exact=options.exact, on_events=engine.dispatch)
+            ]
+            return engine
+        if options.load is None:
+            raise ValueError("decode processes need `load`, a picklable model loader")
+        engine._load = options.load
+        processes = [engine._process(str(n)) for n in range(1, options.workers + 1)]
+        engine.shards = list(processes)
+        started = await asyncio.gather(*(p.launch() for p in processes), return_exceptions=True)
+        failures = [s for s in started if isinstance(s, BaseException)]
+        if failures:
+            await engine.close()
+            raise failures[0]
         return engine
 
+    def _process(self, name: str) -> ProcessShard:
+        assert self._load is not None
+        return ProcessShard(
+            name,
+            self._load,
+            exact=self._exact,
+            on_events=self.dispatch,
+            on_lost=self._shard_lost,
+            logging=self._logging,
+        )
+
     async def close(self) -> None:
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
-        await asyncio.to_thread(self._thread.join)
+        self._closed = True
+        for task in list(self._replacing):
+            task.cancel()
+        await asyncio.gather(*self._replacing, return_exceptions=True)
+        for shard in self.shards:
+            await shard.close()
+        for _stream, done in self._requests.values():
+            if not done.done():
+                done.set_exception(DecodingError("the Wyoming server is stopping"))
+        self._requests.clear()
 
     def open(self, name: str | None = None) -> EngineStream:
-        """A stream for one connection (call `restart` to begin its first utterance)."""
-        self._opened += 1
-        stream = EngineStream(self, name if name is not None else str(self._opened))
+        """A stream for one connection (call `restart` to begin its first utterance),
+        on the shard with the fewest connections."""
+        number = next(self._numbers)
+        counts = {id(shard): 0 for shard in self.shards}
+        for stream in self.streams:
+            counts[id(stream.shard)] = counts.get(id(stream.shard), 0) + 1
+        shard = min(self.shards, key=lambda s: counts[id(s)])
+        stream = EngineStream(self, shard, number, name if name is not None else str(number))
         self.streams.add(stream)
+        self._by_number[number] = stream
         return stream
 
-    def submit(self, command: _Command) -> None:
-        with self._wake:
-            self._commands.append(command)
-            self._wake.notify()
+    def forget(self, stream: EngineStream) -> None:
+        self.streams.discard(stream)
+        self._by_number.pop(stream.number, None)
 
-    def resolve(self, done: asyncio.Future[None], error: BaseException | None = None) -> None:
-        """Worker side: complete `done` on the loop, after the detections sent before."""
+    async def request(self, stream: EngineStream, *, finish: bool) -> None:
+        """Ask `stream`'s shard to settle it (and finish its utterance) and wait."""
+        if stream.shard.broken is not None:
+            raise DecodingError(stream.shard.broken)
+        token = next(self._tokens)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._requests[token] = (stream, done)
+        stream.shard.submit(Settle(stream.number, token, finish))
+        await done
 
-        def settle() -> None:
-            if done.done():
-                return
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(error)
-
-        self.loop.call_soon_threadsafe(settle)
-
-    def drain(self, stream: BatchStream) -> None:
-        """Worker side: step the batch until `stream` has no chunk queued."""
-        while stream.ready and self._step():
-            pass
-
-    # ------------------------------------------------------------ the worker
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while not self._commands and not self._stopping and not self.batch.ready:
-                    self._wake.wait()
-                if self._stopping:
-                    return
-                commands = list(self._commands)
-                self._commands.clear()
-            for command in commands:
-                try:
-                    command()
-                except Exception:
-                    log.exception("Wyoming decode engine command failed")
-            self._settle_finished()
-            # One chunk per ready stream, then look for new audio: a stream that
-            # hands over meanwhile joins the next step instead of waiting for a drain.
-            self._step()
-            self._settle_finished()
-
-    def _step(self) -> bool:
-        streams = [s for s in self.batch if s.ready]
-        try:
-            results = self.batch.step()
-        except Exception as exc:
-            # A failed step fails only the streams in it: they leave the batch, and
-            # their connections get an error at audio-stop instead of a hang.
-            log.exception("Wyoming decode step failed", streams=[s.name for s in streams])
-            for stream in streams:
-                stream.close()
-                owner = self.owners.pop(stream, None)
-                if owner is not None:
-                    owner._stream = None  # its next utterance starts a new stream
-                    owner._caught_up()
-                for done in self.awaiting.pop(stream, []):
-                    self.resolve(done, RuntimeError(f"decoding failed: {exc}"))
-            return bool(streams)
-        for stream, found in results.items():
-            owner = self.owners.get(stream)
-            if owner is None:
+    def dispatch(self, events: list[Event]) -> None:
+        """On the loop: what a shard reports, to the streams and requests it concerns."""
+        for event in events:
+            if isinstance(event, Settled):
+                _stream, done = self._requests.pop(event.token, (None, None))
+                if done is not None and not done.done():
+                    if event.error is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(DecodingError(event.error))
                 continue
-            if found and owner._hook is not None:
-                self.loop.call_soon_threadsafe(owner._hook, found)
-            if not stream.ready:
-                owner._caught_up()
-        return bool(results)
+            stream = self._by_number.get(event.stream)
+            if stream is None:
+                continue
+            if isinstance(event, Found):
+                stream._found(event.utterance, event.detections)
+            elif isinstance(event, Searched):
+                stream.searched = max(stream.searched, event.number)
+            elif isinstance(event, Lost):
+                stream._lost(event.error)
 
-    def _settle_finished(self) -> None:
-        for stream in [s for s in self.awaiting if not s.ready]:
-            owner = self.owners.get(stream)
-            if owner is not None:
-                owner._caught_up()  # also after a hand-over the stream refused
-            for done in self.awaiting.pop(stream):
-                self.resolve(done)
+    def _shard_lost(self, shard: ProcessShard, reason: str) -> None:
+        """On the loop: a decode process ended by itself. Its utterances fail, its
+        connections carry on with a new process (from their next utterance)."""
+        if self._closed or shard not in self.shards:
+            return
+        log.error(
+            "Wyoming decode process stopped; starting a new one",
+            worker=shard.name,
+            pid=shard.pid,
+            reason=reason,
+        )
+        self._fail_shard(shard, f"the decoding process stopped ({reason})")
+        task = asyncio.get_running_loop().create_task(self._replace(shard, self._swap(shard)))
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    def _fail_shard(self, shard: Shard, error: str) -> None:
+        """The utterances on `shard` fail; its connections stay open."""
+        for stream in [s for s in self.streams if s.shard is shard]:
+            stream._lost(error)
+        for token, (stream, done) in list(self._requests.items()):
+            if stream.shard is shard:
+                del self._requests[token]
+                if not done.done():
+                    done.set_exception(DecodingError(error))
+
+    def _swap(self, old: ProcessShard) -> ProcessShard:
+        """A new shard in `old`'s place, taking over its connections at once (before its
+        process runs: what they send meanwhile waits in its queue, not a dead one's)."""
+        shard = self._process(old.name)
+        self.shards[self.shards.index(old)] = shard
+        for stream in self.streams:
+            if stream.shard is old:
+                stream.shard = shard
+        return shard
+
+    async def _replace(self, lost: ProcessShard, shard: ProcessShard) -> None:
+        """Start `shard`'s process in place of `lost`'s, retried while it cannot start."""
+        with contextlib.suppress(Exception):
+            await lost.close()
+        while not self._closed:
+            try:
+                await shard.launch()
+                return
+            except Exception as exc:
+                log.error("Wyoming decode process failed to start; retrying", error=str(exc))
+                shard.broken = f"kwsd's decoding process cannot start: {exc}"
+                self._fail_shard(shard, shard.broken)
+                await asyncio.sleep(RESTART_DELAY_SECONDS)
+                shard = self._swap(shard)

@@ -37,7 +37,7 @@ from kwsd.keywords import KeywordSet
 from kwsd.mute import MuteState
 from kwsd.spotter import KeywordSpotter
 from kwsd.wyoming.audio import AUDIO_CHUNK, AUDIO_START, AUDIO_STOP, AudioFormat, PcmConverter
-from kwsd.wyoming.engine import DecodeEngine, EngineStream
+from kwsd.wyoming.engine import DecodeEngine, DecodeOptions, DecodingError, EngineStream
 from kwsd.wyoming.event import (
     MAX_DATA_BYTES,
     MAX_HEADER_BYTES,
@@ -113,8 +113,10 @@ class WyomingServer:
         max_data_bytes: int = MAX_DATA_BYTES,
         limits: ConnectionLimits | None = None,
         announcer: ZeroconfAnnouncer | None = None,
+        decoding: DecodeOptions | None = None,
     ) -> None:
         self.spotter = spotter
+        self.decoding = decoding or DecodeOptions()
         self.keywords = keywords
         self.version = version
         self.refractory_seconds = refractory_seconds
@@ -190,7 +192,7 @@ class WyomingServer:
             ) from None
         self.capacity = connection_capacity(self.limits.max_connections)
         if self.engine is None:
-            self.engine = await DecodeEngine.start(self.spotter)
+            self.engine = await DecodeEngine.start(self.spotter, self.decoding)
         self.refusals = Refusals(
             error_event(
                 f"kwsd serves at most {self.capacity} Wyoming connections at once; try again later",
@@ -448,7 +450,14 @@ class _Session:
             return
         await self._feed(stream.converter.flush())
         assert self.decoder is not None
-        await self.decoder.finish()  # its detections have been reported when this returns
+        try:
+            await self.decoder.finish()  # its detections have been reported when this returns
+        except DecodingError as exc:
+            # Only this utterance is lost (a decode process died, a model call failed);
+            # the connection stays, and its next utterance decodes afresh.
+            self.log.error("Wyoming stream could not be decoded", error=str(exc))
+            await write_event(self.writer, error_event(str(exc), "decoding-failed"))
+            return
         if stream.detections == 0:
             await write_event(self.writer, not_detected_event())
         else:
