@@ -120,8 +120,11 @@ class ThreadShard:
         worker = self.worker
         while True:
             with self._wake:
-                while not self._commands and not self._stopping and not worker.ready:
-                    self._wake.wait()
+                while not self._commands and not self._stopping:
+                    delay = worker.wait_before_step()
+                    if delay == 0.0:
+                        break
+                    self._wake.wait(delay)
                 if self._stopping:
                     return
                 commands = list(self._commands)
@@ -129,7 +132,8 @@ class ThreadShard:
             _apply_all(worker, commands)
             # One chunk per ready stream, then look for new audio: a stream that
             # hands over meanwhile joins the next step instead of waiting for a drain.
-            worker.step()
+            if worker.wait_before_step() == 0.0:
+                worker.step()
             events = worker.take_events()
             if events:
                 self._loop.call_soon_threadsafe(self._on_events, events)
@@ -310,16 +314,19 @@ def serve_shard(
     server = os.getppid()
     while True:
         received: list[list[WorkerCommand] | None] = []
+        delay = worker.wait_before_step()
         try:
-            if not worker.ready:  # idle: wait for the next message
-                received.append(commands.get(timeout=ORPHAN_CHECK_SECONDS))
+            if delay != 0.0:  # wait for a message, or until the ready chunks are due
+                received.append(
+                    commands.get(timeout=ORPHAN_CHECK_SECONDS if delay is None else delay)
+                )
             while True:  # and take whatever else has arrived
                 received.append(commands.get_nowait())
         except queue.Empty:
             pass
         except (EOFError, OSError):
             return
-        if not received and not worker.ready:
+        if not received and delay is None:
             if os.getppid() != server:
                 return
             continue
@@ -327,7 +334,8 @@ def serve_shard(
             if message is None:
                 return
             _apply_all(worker, message)
-        worker.step()
+        if worker.wait_before_step() == 0.0:
+            worker.step()
         found = worker.take_events()
         if found:
             events.put(found)
