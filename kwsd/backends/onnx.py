@@ -204,7 +204,7 @@ class OnnxBackend:
     def join(self, enc: FloatArray, dec: FloatArray) -> FloatArray:
         rows = len(enc)
         vocab = self._join_vocab
-        if vocab is None or rows > BOUND_JOINER_ROWS:
+        if vocab is None or not 0 < rows <= BOUND_JOINER_ROWS:
             feed = {self._join_in[0]: enc, self._join_in[1]: dec}
             out: FloatArray = self._join.run(self._join_out, feed)[0]
             return out

@@ -22,6 +22,8 @@ from kwsd.search.graph import ContextGraph, Node
 from kwsd.search.shared import DecoderCache, build_graph
 
 UNK_ID = 2
+# Encoder frames repeated per path in one go by `KeywordSearch.step` (a chunk has 8).
+_REPEAT_FRAMES = 16
 
 GraphSource = Callable[[KeywordSet], ContextGraph]
 
@@ -162,17 +164,20 @@ class KeywordSearch:
         """Search a block of encoder frames [n, joiner_dim]; returns detections."""
         detections: list[Detection] = []
         join = self.backend.join
-        # One joiner row per path, all against the same frame: every frame repeated for
-        # the most paths there can be, once per block; a frame's rows are then a view.
         beam = self.options.beam
-        repeated = np.repeat(enc, beam, axis=0)
-        for start in range(0, len(repeated), beam):
-            contexts = self.begin_frame()
-            dec = self.decoder_rows(contexts)
-            logits = join(repeated[start : start + len(contexts)], dec)
-            det = self.end_frame(log_softmax(logits))
-            if det is not None:
-                detections.append(det)
+        # One joiner row per path, all against the same frame: the frames are repeated
+        # for the most paths there can be, one numpy call per encoder chunk, and a
+        # frame's rows are then a view (a long run of frames from `decode-frames` goes
+        # a chunk at a time, so the copy stays small).
+        for first in range(0, len(enc), _REPEAT_FRAMES):
+            repeated = np.repeat(enc[first : first + _REPEAT_FRAMES], beam, axis=0)
+            for start in range(0, len(repeated), beam):
+                contexts = self.begin_frame()
+                dec = self.decoder_rows(contexts)
+                logits = join(repeated[start : start + len(contexts)], dec)
+                det = self.end_frame(log_softmax(logits))
+                if det is not None:
+                    detections.append(det)
         return detections
 
     # The two halves of one frame, apart so that `StreamBatch` can run the decoder and
