@@ -7,6 +7,8 @@ place and are checked against the reference fixture in the tests.
 
 from __future__ import annotations
 
+from array import array
+
 import kaldi_native_fbank as knf
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +52,11 @@ class FbankStream:
     def accept(self, samples: npt.NDArray[np.float32]) -> FeatureArray:
         """samples: float32 mono 16 kHz in [-1, 1] -> newly final frames [n, 80]."""
         if samples.size:
-            self._fbank.accept_waveform(SAMPLE_RATE, np.ascontiguousarray(samples, np.float32))
+            # kaldi-native-fbank takes a sequence of floats, which its binding reads one
+            # element at a time: from an `array.array` that costs a third of what it costs
+            # from a numpy array (whose every element becomes a numpy scalar first).
+            block = array("f", np.ascontiguousarray(samples, np.float32).tobytes())
+            self._fbank.accept_waveform(SAMPLE_RATE, block)
         return self._drain()
 
     def finish(self) -> FeatureArray:

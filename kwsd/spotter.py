@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
-import structlog
-
 from kwsd.backends.base import Backend
 from kwsd.backends.loader import load_backend
 from kwsd.detection import Detection
@@ -49,7 +47,7 @@ from kwsd.keywords import (
     parse_keyword_line,
     parse_keyword_lines,
 )
-from kwsd.log import strip_audio
+from kwsd.liblog import LibraryLogger
 from kwsd.model.bundle import ModelBundle
 from kwsd.model.locations import default_models_dir
 from kwsd.model.resolve import resolve_model
@@ -60,29 +58,7 @@ if TYPE_CHECKING:
     from kwsd.batch import BatchPlan, StreamBatch
     from kwsd.config import ModelSettings, SearchSettings
 
-log = structlog.get_logger(__name__)
-
-
-def _log_like_a_library() -> None:
-    """A program that embeds kwsd without setting up structlog gets kwsd's log lines
-    through the standard `logging` module, as from any library: warnings on stderr, the
-    rest when the program asks (`logging.basicConfig(level=logging.INFO)`). Unconfigured
-    structlog would print every line to stdout, into the program's own output. The kwsd
-    commands configure logging themselves (`kwsd.log.configure_logging`)."""
-    if not structlog.is_configured():
-        structlog.configure(
-            processors=[
-                structlog.stdlib.filter_by_level,
-                strip_audio,
-                structlog.processors.KeyValueRenderer(key_order=["event"]),
-            ],
-            logger_factory=structlog.stdlib.LoggerFactory(),
-            wrapper_class=structlog.stdlib.BoundLogger,
-            cache_logger_on_first_use=False,
-        )
-
-
-_log_like_a_library()
+log = LibraryLogger(__name__)
 
 # What `compile`, `create_stream`, `set_keywords`, ... accept as a keyword list.
 KeywordsLike: TypeAlias = (

@@ -43,18 +43,18 @@ from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import structlog
 
 from kwsd.backends.base import FloatArray
 from kwsd.detection import Detection
 from kwsd.features import SAMPLE_RATE
+from kwsd.liblog import LibraryLogger
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from kwsd.config import AudioSettings
 
-log = structlog.get_logger(__name__)
+log = LibraryLogger(__name__)
 
 VadDetector = Literal["webrtc"]
 FRAME_SECONDS: Final = 0.03  # webrtcvad judges 10, 20 or 30 ms; 30 ms is the steadiest

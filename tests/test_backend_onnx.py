@@ -1,10 +1,12 @@
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from kwsd.backends.loader import load_backend
-from kwsd.backends.onnx import OnnxBackend
+from kwsd.backends.onnx import BOUND_JOINER_ROWS, OnnxBackend
 from kwsd.engine import Frontend
 from kwsd.errors import ModelError
 from kwsd.model.bundle import open_bundle
@@ -57,6 +59,38 @@ def test_decoder_accepts_minus_one_context(synthetic: OnnxBackend) -> None:
     logits = synthetic.join(np.zeros((2, 320), np.float32), out)
     assert logits.shape == (2, 500)
     assert not np.allclose(logits[0], logits[1])
+
+
+def test_joiner_values_equal_a_plain_session_run_in_every_thread(
+    synthetic: OnnxBackend, assets: Path
+) -> None:
+    """The joiner's bound buffers (one set per row count and thread) give exactly what
+    `InferenceSession.run` gives, hand out arrays that later calls leave alone, and do
+    not mix up threads that share the backend."""
+    joiner_path = open_bundle(
+        assets / "model", encoder_override=assets / "synthetic" / "encoder-synthetic.onnx"
+    ).joiner
+    joiner = ort.InferenceSession(str(joiner_path), providers=["CPUExecutionProvider"])
+    enc_name, dec_name = (arg.name for arg in joiner.get_inputs())
+    rng = np.random.default_rng(7)
+    cases = [
+        (
+            rng.normal(0, 1, (rows, 320)).astype(np.float32),
+            rng.normal(0, 1, (rows, 320)).astype(np.float32),
+        )
+        for rows in (*range(1, BOUND_JOINER_ROWS + 3), 1, 4)  # bound sizes, again, and past them
+    ]
+    expected = [joiner.run(None, {enc_name: enc, dec_name: dec})[0] for enc, dec in cases]
+    first = [synthetic.join(enc, dec) for enc, dec in cases]
+    for got, want in zip(first, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+    def worker(offset: int) -> bool:
+        order = [(i + offset) % len(cases) for i in range(len(cases))] * 20
+        return all(np.array_equal(synthetic.join(*cases[i]), expected[i]) for i in order)
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(worker, range(4)))
 
 
 def test_corrupt_encoder_is_a_clear_error(assets: Path, tmp_path: Path) -> None:

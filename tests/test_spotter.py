@@ -422,6 +422,36 @@ def test_an_embedding_program_keeps_its_stdout(assets: Path) -> None:
     assert "model_loaded" not in proc.stderr  # info: quiet unless logging asks for it
 
 
+def test_a_quiet_program_never_loads_the_logging_stack(
+    assets: Path, tmp_path: Path, speech: Path
+) -> None:
+    """What kwsd logs at INFO does not reach a program that did not ask for it, so
+    structlog, and the asyncio and OpenSSL it imports (~7 MiB resident), stay unloaded
+    (kwsd/liblog.py); once the program asks for INFO lines, they come."""
+    root = install_standin_model(assets, tmp_path / "models")
+    code = (
+        "import logging, sys\n"
+        "import soundfile\n"
+        "from kwsd import KeywordSpotter\n"
+        "spotter = KeywordSpotter.from_model_dir(sys.argv[1], keywords=['hey computer'])\n"
+        "audio, rate = soundfile.read(sys.argv[2], dtype='float32')\n"
+        "stream = spotter.create_stream(sample_rate=rate)\n"
+        "assert stream.accept(audio) + stream.finish()\n"
+        "loaded = [m for m in ('structlog', 'asyncio', 'ssl') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "KeywordSpotter.from_model_dir(sys.argv[1], keywords=['hey computer'])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(root), str(speech)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "event='model_loaded'" in proc.stderr
+
+
 def test_public_names() -> None:
     for name in kwsd.__all__:
         assert getattr(kwsd, name) is not None

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import structlog
-
 from kwsd.errors import ModelError, ModelMissingError
+from kwsd.liblog import LibraryLogger
 from kwsd.model.checks import (
     FileProblemError,
     check_mlmodelc,
@@ -50,7 +49,7 @@ _ONNX_NAME = re.compile(
     r"^(?P<role>encoder|decoder|joiner)(?:-(?P<tag>.+?))?(?P<int8>\.int8)?\.onnx$"
 )
 
-log = structlog.get_logger(__name__)
+log = LibraryLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import structlog
-
 from kwsd.errors import ModelError, ModelMissingError
+from kwsd.liblog import LibraryLogger
 from kwsd.model.bundle import (
     BPE_FILE,
     TOKENS_FILE,
@@ -38,7 +37,7 @@ from kwsd.model.manifest import Manifest, ModelSource, load_manifest
 
 Backend = Literal["auto", "onnx", "coreml"]
 
-log = structlog.get_logger(__name__)
+log = LibraryLogger(__name__)
 
 
 def coreml_runtime_available(platform: str = sys.platform) -> bool:

@@ -22,6 +22,8 @@ from kwsd.search.graph import ContextGraph, Node
 from kwsd.search.shared import DecoderCache, build_graph
 
 UNK_ID = 2
+# Encoder frames repeated per path in one go by `KeywordSearch.step` (a chunk has 8).
+_REPEAT_FRAMES = 16
 
 GraphSource = Callable[[KeywordSet], ContextGraph]
 
@@ -77,14 +79,16 @@ def log_softmax(logits: FloatArray) -> FloatArray:
 
     Rows are independent: a row gets the same values alone or among other streams' rows.
     """
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    result: FloatArray = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return result
+    # The ufuncs' own reductions, and the subtraction in place: the same arithmetic as
+    # `logits.max` / `.sum` and a new array, with fewer Python-level calls per frame.
+    shifted: FloatArray = logits - np.maximum.reduce(logits, axis=1, keepdims=True)
+    shifted -= np.log(np.add.reduce(np.exp(shifted), axis=1, keepdims=True))
+    return shifted
 
 
 def _log_add(a: float, b: float) -> float:
     hi, lo = (a, b) if a > b else (b, a)
-    return hi + float(np.log1p(np.exp(lo - hi)))
+    return hi + math.log1p(math.exp(lo - hi))
 
 
 class KeywordSearch:
@@ -159,14 +163,21 @@ class KeywordSearch:
     def step(self, enc: FloatArray) -> list[Detection]:
         """Search a block of encoder frames [n, joiner_dim]; returns detections."""
         detections: list[Detection] = []
-        for row in enc:
-            contexts = self.begin_frame()
-            dec = self.decoder_rows(contexts)
-            # One joiner row per path, all against this frame.
-            logits = self.backend.join(np.repeat(row[None, :], len(contexts), axis=0), dec)
-            det = self.end_frame(log_softmax(logits))
-            if det is not None:
-                detections.append(det)
+        join = self.backend.join
+        beam = self.options.beam
+        # One joiner row per path, all against the same frame: the frames are repeated
+        # for the most paths there can be, one numpy call per encoder chunk, and a
+        # frame's rows are then a view (a long run of frames from `decode-frames` goes
+        # a chunk at a time, so the copy stays small).
+        for first in range(0, len(enc), _REPEAT_FRAMES):
+            repeated = np.repeat(enc[first : first + _REPEAT_FRAMES], beam, axis=0)
+            for start in range(0, len(repeated), beam):
+                contexts = self.begin_frame()
+                dec = self.decoder_rows(contexts)
+                logits = join(repeated[start : start + len(contexts)], dec)
+                det = self.end_frame(log_softmax(logits))
+                if det is not None:
+                    detections.append(det)
         return detections
 
     # The two halves of one frame, apart so that `StreamBatch` can run the decoder and
@@ -205,16 +216,20 @@ class KeywordSearch:
         total = log_probs + np.array([h.log_prob for h in hyps], dtype=np.float32)[:, None]
         flat = total.ravel()
         k = min(self.options.beam, flat.size)
-        top = np.argpartition(flat, -k)[-k:]
+        top = flat.argpartition(-k)[-k:]
         # Best first: when two paths merge, the better one keeps its times and probs.
-        top = top[np.argsort(-flat[top], kind="stable")]
+        top = top[(-flat[top]).argsort(kind="stable")]
+        # The k winners' scores and token probabilities in two array calls, not 2k
+        # scalar ones (float32 exp of an array equals that of its elements one by one).
+        scores = flat[top].tolist()
+        token_probs = np.exp(log_probs.ravel()[top]).tolist()
         vocab = total.shape[1]
+        blank, graph, frame = self._blank, self.graph, self.frame
         merged: dict[tuple[int, ...], _Hyp] = {}
-        for index in top.tolist():
+        for index, new_lp, prob in zip(top.tolist(), scores, token_probs, strict=True):
             h_idx, tok = divmod(index, vocab)
             parent = hyps[h_idx]
-            new_lp = float(flat[index])
-            if tok in (self._blank, UNK_ID):
+            if tok in (blank, UNK_ID):
                 hyp = _Hyp(
                     parent.ys,
                     new_lp,
@@ -224,16 +239,16 @@ class KeywordSearch:
                     parent.trailing_blanks + 1,
                 )
             else:
-                score, state = self.graph.forward(parent.state, tok)
-                if state is self.graph.root:
+                score, state = graph.forward(parent.state, tok)
+                if state is graph.root:
                     hyp = _Hyp(self._empty_ys, new_lp + score, state)
                 else:
                     hyp = _Hyp(
                         (*parent.ys, tok),
                         new_lp + score,
                         state,
-                        (*parent.times, self.frame),
-                        (*parent.probs, float(np.exp(log_probs[h_idx, tok]))),
+                        (*parent.times, frame),
+                        (*parent.probs, prob),
                     )
             existing = merged.get(hyp.ys)
             if existing is None:
