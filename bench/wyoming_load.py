@@ -96,8 +96,16 @@ def serve(precision: str, workers: int) -> None:
                 total += (int(fields[11]) + int(fields[12])) / ticks
         return total
 
+    from kwsd.wyoming.limits import ConnectionLimits
+
     async def run() -> float:
-        server = WyomingServer(spotter, lambda: keywords, version="bench", **extra)  # type: ignore[arg-type]
+        server = WyomingServer(
+            spotter,
+            lambda: keywords,
+            version="bench",
+            limits=ConnectionLimits(max_connections=1024),  # the default 32 would refuse
+            **extra,  # type: ignore[arg-type]
+        )
         await server.start("tcp://127.0.0.1:0")
         assert server.bound is not None
         ready = cpu_now(server)  # start-up (model loads, batch probes) is not serving
@@ -490,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setups = [
             ServerSetup("this tree, one decode thread, int8", "int8", 0, None),
             ServerSetup("this tree, one decode thread, fp32", "fp32", 0, None),
+            ServerSetup("this tree, 1 decode process, fp32", "fp32", 1, None),
             ServerSetup(f"this tree, {cores} decode processes, fp32", "fp32", cores, None),
             ServerSetup(f"this tree, {cores} decode processes, int8", "int8", cores, None),
         ]
