@@ -68,6 +68,7 @@ ESPEAK_KEYWORDS = (
 )
 RANDOM_ENCODER = "encoder-epoch-12-avg-2-chunk-16-left-64.int8.onnx"
 TARGET_SEARCH_MS = 0.5
+TARGET_PEER_RATIO = 1.0  # issue 13: a single stream costs no more CPU than sherpa-onnx's
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,8 +545,8 @@ def peer_section(
     for r in peer:
         lines.append(
             f"- {r.label}, {r.keywords} keywords: kwsd/sherpa-onnx {r.ratio.median:.2f}× "
-            f"(spread {r.ratio.p10:.2f}–{r.ratio.p90:.2f}×; target ≤ 1.2×: "
-            f"{verdict(r.ratio.median <= 1.2)})"
+            f"(spread {r.ratio.p10:.2f}–{r.ratio.p90:.2f}×; target ≤ {TARGET_PEER_RATIO}×: "
+            f"{verdict(r.ratio.median <= TARGET_PEER_RATIO)})"
         )
     return lines
 

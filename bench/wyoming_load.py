@@ -475,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"revision of the server to compare with (default {BASELINE}; '' to skip)",
     )
     parser.add_argument(
-        "--levels", default="8,16,24,32,40,48,56,64,80,96,112,128", help="stream counts"
+        "--levels", default="8,16,24,32,40,48,56,64,72,80,96,112,128", help="stream counts"
     )
     parser.add_argument("--no-write", action="store_true", help="print, do not write the doc")
     args = parser.parse_args(argv)
@@ -486,14 +486,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     load_start = load_average()
     assets = assets_dir()
-    seconds = 10.0 if args.quick else 20.0
+    seconds = 10.0 if args.quick else 15.0
     audio = corpus_audio(assets, 120.0)
     levels = [int(n) for n in args.levels.split(",")]
     cores = os.cpu_count() or 1
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         caps = capacity(
-            [1, 16] if args.quick else [1, 8, 16, 32], audio, seconds, 2 if args.quick else 4, tmp
+            [1, 16] if args.quick else [1, 16, 32], audio, 10.0, 2 if args.quick else 3, tmp
         )
         setups = [
             ServerSetup("this tree, one decode thread, int8", "int8", 0, None),
