@@ -266,9 +266,7 @@ class DecodeEngine:
         self._tokens = itertools.count(1)
         self._requests: dict[int, tuple[EngineStream, asyncio.Future[None]]] = {}
         self._replacing: set[asyncio.Task[None]] = set()
-        self._load: SpotterFactory | None = None
-        self._exact = True
-        self._logging = WorkerLogging()
+        self.options = DecodeOptions()
         self._closed = False
 
     @classmethod
@@ -278,8 +276,7 @@ class DecodeEngine:
         """Start the shards `options` asks for (default: one thread using `spotter`)."""
         options = options or DecodeOptions()
         engine = await asyncio.to_thread(cls, spotter)
-        engine._exact = options.exact
-        engine._logging = options.logging
+        engine.options = options
         if options.workers <= 0:
             engine.shards = [
                 await ThreadShard.start(spotter, exact=options.exact, on_events=engine.dispatch)
@@ -287,7 +284,6 @@ class DecodeEngine:
             return engine
         if options.load is None:
             raise ValueError("decode processes need `load`, a picklable model loader")
-        engine._load = options.load
         processes = [engine._process(str(n)) for n in range(1, options.workers + 1)]
         engine.shards = list(processes)
         started = await asyncio.gather(*(p.launch() for p in processes), return_exceptions=True)
@@ -298,14 +294,15 @@ class DecodeEngine:
         return engine
 
     def _process(self, name: str) -> ProcessShard:
-        assert self._load is not None
+        options = self.options
+        assert options.load is not None  # start() checked
         return ProcessShard(
             name,
-            self._load,
-            exact=self._exact,
+            options.load,
+            exact=options.exact,
             on_events=self.dispatch,
             on_lost=self._shard_lost,
-            logging=self._logging,
+            logging=options.logging,
         )
 
     async def close(self) -> None:
