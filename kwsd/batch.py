@@ -21,7 +21,8 @@ files batch exactly.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING
@@ -233,13 +234,21 @@ class StreamBatch:
     server's worker thread); `BatchStream.set_keywords` alone may come from any thread.
     """
 
-    def __init__(self, spotter: KeywordSpotter, plan: BatchPlan) -> None:
+    def __init__(self, spotter: KeywordSpotter, plan: BatchPlan, *, threads: int = 1) -> None:
         """Use `KeywordSpotter.create_batch`, which checks the model once for `plan`."""
         self.spotter = spotter
         self.backend = spotter.backend
         self.plan = plan
+        self.threads = max(1, threads)
         self._streams: dict[BatchStream, None] = {}  # insertion-ordered set
         self._next_id = 0
+        # The encoder calls of one step, split over `threads` threads: ONNX Runtime
+        # releases the GIL while it computes, so they run on as many cores.
+        self._pool = (
+            ThreadPoolExecutor(self.threads - 1, thread_name_prefix="kwsd-encode")
+            if self.threads > 1
+            else None
+        )
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -281,12 +290,13 @@ class StreamBatch:
             stream._windows.clear()
             stream._closed = True
 
-    def step(self) -> dict[BatchStream, list[Detection]]:
-        """Search one queued chunk of every stream that has one.
+    def step(self, only: Iterable[BatchStream] | None = None) -> dict[BatchStream, list[Detection]]:
+        """Search one queued chunk of every stream that has one (of `only` those).
 
         Returns an entry (maybe an empty list) for each stream that was stepped.
         """
-        streams = [s for s in self._streams if s._windows]
+        chosen = self._streams if only is None else only
+        streams = [s for s in chosen if s._windows and s in self._streams]
         if not streams:
             return {}
         encoded = self._encode(streams, [s._windows.popleft() for s in streams])
@@ -302,7 +312,27 @@ class StreamBatch:
 
     # ------------------------------------------------------------------ stages
 
+    def close(self) -> None:
+        """Stop the encoder threads (a batch with `threads > 1`); the streams stay."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
     def _encode(self, streams: list[BatchStream], windows: list[FloatArray]) -> list[FloatArray]:
+        groups = min(self.threads, len(streams))
+        if groups <= 1 or self._pool is None:
+            return self._encode_group(streams, windows)
+        # Contiguous, nearly equal groups: each a batched call (or one call per stream).
+        bounds = [len(streams) * g // groups for g in range(groups + 1)]
+        parts = [(streams[a:b], windows[a:b]) for a, b in pairwise(bounds)]
+        later = [self._pool.submit(self._encode_group, *part) for part in parts[1:]]
+        encoded = self._encode_group(*parts[0])
+        for future in later:
+            encoded += future.result()
+        return encoded
+
+    def _encode_group(
+        self, streams: list[BatchStream], windows: list[FloatArray]
+    ) -> list[FloatArray]:
         backend = self.backend
         if self.plan.encoder and len(streams) > 1 and isinstance(backend, BatchBackend):
             enc, states = backend.run_batch(np.stack(windows), [s.frontend.state for s in streams])

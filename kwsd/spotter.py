@@ -422,14 +422,15 @@ class KeywordSpotter:
         search = self.create_search(keywords)
         return KeywordStream(self, Frontend(self.backend), search, sample_rate, vad=vad)
 
-    def create_batch(self, *, exact: bool = True) -> StreamBatch:
+    def create_batch(self, *, exact: bool = True, threads: int = 1) -> StreamBatch:
         """A `StreamBatch`: many streams encoded and searched together (a server).
 
         The first call checks which model parts give each stream the same output in a
         batch as alone, and batches those (`StreamBatch.plan`); with dynamic int8
         quantization the encoder and joiner do not, and run one stream per call.
         `exact=False` batches them anyway: faster, but a stream's scores then shift
-        slightly with what the other streams hear.
+        slightly with what the other streams hear. `threads` splits each step's encoder
+        work over that many threads (cores); `StreamBatch.close` stops them.
         """
         from kwsd.batch import BatchPlan, StreamBatch
 
@@ -440,7 +441,7 @@ class KeywordSpotter:
             with self._lock:
                 plan = self._batch_plans.setdefault(exact, plan)
             log.debug("batch_plan", exact=exact, plan=str(plan))
-        return StreamBatch(self, plan)
+        return StreamBatch(self, plan, threads=threads)
 
     def create_search(self, keywords: KeywordsLike | None = None) -> KeywordSearch:
         """A keyword search over this model's encoder output, sharing the spotter's

@@ -124,8 +124,9 @@ def alone(spotter: KeywordSpotter, plan: Plan) -> list[Detection]:
 # -- identical detections ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("threads", [1, 3], ids=["one-thread", "encoder-over-3-threads"])
 def test_streams_in_a_batch_find_what_they_find_alone(
-    spotter: KeywordSpotter, sentences: list[np.ndarray]
+    spotter: KeywordSpotter, sentences: list[np.ndarray], threads: int
 ) -> None:
     a, b, c = sentences
     plans = [
@@ -137,7 +138,11 @@ def test_streams_in_a_batch_find_what_they_find_alone(
         Plan(c, start_block=30),  # joins late, after others left
     ]
     expected = [alone(spotter, plan) for plan in plans]
-    run_schedule(spotter.create_batch(), plans)
+    batch = spotter.create_batch(threads=threads)
+    try:
+        run_schedule(batch, plans)
+    finally:
+        batch.close()
     assert [p.found for p in plans] == expected
     # The scenario means something: every stream that heard a keyword to its end found it.
     assert [len(e) for e in expected] == [3, 2, 1, 4, 1, 3]

@@ -110,3 +110,54 @@ def test_streams_silent_for_a_while_do_not_count_as_active(spotter: KeywordSpott
     clock.now += 5.0  # fifteen connections went quiet (no pipeline running)
     worker.accept(Accept(1, _chunk(spotter), 2))
     assert worker.wait_before_step() == 0.0
+
+
+def test_the_end_of_an_utterance_steps_before_everyone_else(spotter: KeywordSpotter) -> None:
+    clock = _Clock()
+    worker = _worker(spotter, 16, clock)
+    for number in range(1, 17):  # every stream has a chunk ready
+        worker.accept(Accept(number, _chunk(spotter), 1))
+    worker.take_events()
+    worker.settle(Settle(9, token=5, finish=True))  # stream 9's client sent audio-stop
+    stepped: list[set[int]] = []
+    while not any(e == Settled(5) for e in worker.take_events()):
+        before = {n for n in range(1, 17) if worker._streams[n].batch_stream.ready}
+        assert worker.step()
+        after = {n for n in range(1, 17) if worker._streams[n].batch_stream.ready}
+        stepped.append(before - after)
+    # Its tail (the chunk, the rest and the padding) went alone; the others still wait.
+    assert stepped and all(s <= {9} for s in stepped)
+    assert {n for n in range(1, 17) if worker._streams[n].batch_stream.ready} == (
+        set(range(1, 17)) - {9}
+    )
+
+
+def test_a_client_that_is_only_ahead_gets_no_priority(spotter: KeywordSpotter) -> None:
+    clock = _Clock()
+    worker = _worker(spotter, 8, clock)
+    for number in range(1, 9):
+        worker.accept(Accept(number, _chunk(spotter), 1))
+    worker.settle(Settle(3, token=6, finish=False))  # held back for being ahead
+    assert worker.wait_before_step() == 0.0
+    worker.step()
+    assert not any(worker._streams[n].batch_stream.ready for n in range(1, 9))
+
+
+def test_an_encoder_that_cannot_batch_never_waits(assets: Path) -> None:
+    """The int8 Zipformer2 (zipformer-random: its architecture, random weights) runs
+    one stream per call: a chunk gains nothing by waiting."""
+    from kwsd.model.bundle import open_bundle
+    from kwsd.spotter import BackendOptions
+
+    encoder = assets / "zipformer-random/encoder-epoch-12-avg-2-chunk-16-left-64.int8.onnx"
+    bundle = open_bundle(assets / "model", precision="int8", encoder_override=encoder)
+    int8 = KeywordSpotter.from_bundle(bundle, backend=BackendOptions(precision="int8"))
+    clock = _Clock()
+    worker = BatchWorker(int8.create_batch(), clock)
+    assert not worker.batch.plan.encoder
+    keywords = int8.compile(["HEY COMPUTER"])
+    for number in range(1, 17):
+        worker.restart(Restart(number, 1, str(number), keywords))
+        worker.accept(Accept(number, np.zeros(160, np.float32), 1))
+    worker.accept(Accept(1, _chunk(int8), 2))
+    assert worker.wait_before_step() == 0.0

@@ -24,9 +24,9 @@ from kwsd.config.schema import LogSettings, WyomingSettings
 from kwsd.errors import ConfigError, ModelError
 from kwsd.keywords import KeywordSet
 from kwsd.spotter import KeywordSpotter
-from kwsd.wyoming.engine import DecodeOptions, usable_cores
+from kwsd.wyoming.engine import DecodeOptions
 from kwsd.wyoming.server import WyomingServer
-from kwsd.wyoming.shards import ProcessShard
+from kwsd.wyoming.shards import ProcessShard, usable_cores
 
 HIT = ["hey_computer", "turn_on_the_lights"]
 

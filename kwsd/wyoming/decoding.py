@@ -150,6 +150,7 @@ class _WorkerStream:
     utterance: int
     accepted: int = 0  # the last hand-over applied
     awaiting: list[int] = field(default_factory=list)  # Settle tokens to answer
+    finishing: bool = False  # its utterance ended; the client waits for the answer
     heard: float = -math.inf  # when its last audio arrived (time.monotonic)
     ready_since: float = math.inf  # when its oldest queued chunk became ready
 
@@ -174,13 +175,14 @@ class BatchWorker:
         when no stream has a chunk.
 
         A chunk someone waits for (the end of an utterance, a ping, a client held back
-        for being ahead) never waits; with few active streams nothing waits.
+        for being ahead) never waits; with few active streams, or an encoder that runs
+        one stream per call anyway (int8), nothing waits.
         """
         ready = [state for state in self._streams.values() if state.batch_stream.ready]
         if not ready:
             return None
-        if any(state.awaiting for state in ready):
-            return 0.0
+        if not self.batch.plan.encoder or any(state.awaiting for state in ready):
+            return 0.0  # nothing to gain from a bigger batch, or someone waits
         now = self.clock()
         active = sum(1 for state in self._streams.values() if now - state.heard <= ACTIVE_SECONDS)
         if len(ready) * GATHER_SHARE >= active:
@@ -232,6 +234,7 @@ class BatchWorker:
             return
         if command.finish:
             state.batch_stream.finish()
+            state.finishing = True
         state.awaiting.append(command.token)
         self._settle_finished()
 
@@ -251,12 +254,24 @@ class BatchWorker:
             pass
 
     def step(self) -> bool:
-        """One chunk of every stream that has one; False when none had."""
+        """One chunk of every stream that has one; False when none had.
+
+        While an utterance's end is awaited (audio-stop), only the finishing streams
+        step: the answer waits for its own tail (a few chunks), not for everyone's.
+        A client that is merely ahead gets no such priority.
+        """
         stepped = [s for s in self.batch if s.ready]
         if not stepped:
             return False
+        finishing = [
+            state.batch_stream
+            for state in self._streams.values()
+            if state.finishing and state.batch_stream.ready
+        ]
+        if finishing:
+            stepped = finishing
         try:
-            results = self.batch.step()
+            results = self.batch.step(stepped)
         except Exception as exc:
             # A failed step fails only the streams in it: they leave the batch, and
             # their connections get an error at audio-stop instead of a hang.
@@ -283,6 +298,7 @@ class BatchWorker:
                 self._events.append(Searched(number, state.accepted))
                 self._events.extend(Settled(token) for token in state.awaiting)
                 state.awaiting.clear()
+                state.finishing = False
 
     def _fail(self, batch_stream: BatchStream, error: str) -> None:
         number = self._by_batch_stream.pop(batch_stream, None)

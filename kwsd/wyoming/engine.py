@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
@@ -51,6 +50,7 @@ from kwsd.wyoming.shards import (
     SpotterFactory,
     ThreadShard,
     WorkerLogging,
+    usable_cores,
 )
 
 if TYPE_CHECKING:
@@ -118,14 +118,6 @@ class DecodeOptions:
             load=load,
             logging=WorkerLogging(level=logging.level, fmt=logging.format),
         )
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (a container's or taskset's limit included)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS
-        return max(1, os.cpu_count() or 1)
 
 
 class DecodingError(RuntimeError):

@@ -67,6 +67,14 @@ class Shard(Protocol):
     async def close(self) -> None: ...
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (a container's or taskset's limit included)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
 def _apply_all(worker: BatchWorker, commands: list[WorkerCommand]) -> None:
     for command in commands:
         try:
@@ -98,7 +106,9 @@ class ThreadShard:
     async def start(
         cls, spotter: KeywordSpotter, *, exact: bool, on_events: EventsHandler
     ) -> ThreadShard:
-        batch = await asyncio.to_thread(spotter.create_batch, exact=exact)
+        """The worker thread; its encoder calls are spread over every usable core
+        (ONNX Runtime releases the GIL while it computes)."""
+        batch = await asyncio.to_thread(spotter.create_batch, exact=exact, threads=usable_cores())
         shard = cls(batch, asyncio.get_running_loop(), on_events)
         shard._thread.start()
         log.debug("Wyoming decode thread started", plan=str(batch.plan))
@@ -115,6 +125,7 @@ class ThreadShard:
             self._stopping = True
             self._wake.notify()
         await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self.worker.batch.close)
 
     def _run(self) -> None:
         worker = self.worker
