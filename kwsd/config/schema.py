@@ -548,11 +548,12 @@ class WyomingSettings(_Section):
     )
     workers: int | Literal["auto"] = Field(
         default=0,
-        description="Decode processes for the Wyoming streams. 0 = decode in one thread of "
-        "kwsd's own process (lightest; enough for a few satellites). N = N processes, each "
-        "with its own copy of the model (about 60 MiB more each), so decoding uses N cores; "
-        '"auto" = one per core kwsd may use. With many streams, model.precision = "fp32" '
-        "lets each process encode its streams together (the int8 files cannot batch exactly).",
+        description="Decode processes for the Wyoming streams. 0 = one decode thread in "
+        "kwsd's own process, its encoder calls spread over all cores (lightest; enough for "
+        "most homes). N = N processes, each with its own Python and model (130–230 MiB "
+        'each), for machines with many cores; "auto" = one per core kwsd may use. With '
+        'many streams set model.precision = "fp32": only the fp32 files batch streams '
+        "exactly.",
     )
     zeroconf: bool = Field(
         default=True,
