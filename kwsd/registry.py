@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import structlog
-from pydantic import ValidationError
 
 from kwsd.backends.base import ModelDefaults
 from kwsd.errors import KeywordError, KwsdError
@@ -72,24 +71,14 @@ Origin = Literal["config", "mqtt"]
 def canonical_spec(spec: KeywordSpec) -> dict[str, Any]:
     """A keyword entry as plain JSON data: every field that differs from its default.
 
-    The registry's own form for the config digest and the state file, independent of
-    any wire format on purpose: if what MQTT publishes changed, a digest built from it
-    would change too, and every saved keyword list would be dropped at the next start
-    as if the configuration had been edited. Generic over the model's fields, so a new
+    The form for the config digest and the state file is the spec's own
+    (`KeywordSpec.to_dict`), not the MQTT payload code's, on purpose: if what MQTT
+    publishes changed, a digest built from it would change too, and every saved keyword
+    list would be dropped at the next start as if the configuration had been edited (a
+    test pins the digest). `to_dict` is generic over the dataclass fields, so a new
     KeywordSpec field takes part in the digest without anyone remembering to add it.
     """
-    data: dict[str, Any] = {}
-    for name, field in type(spec).model_fields.items():
-        value = getattr(spec, name)
-        if value != field.get_default(call_default_factory=True):
-            data[name] = _plain(value)
-    return data
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return value
+    return spec.to_dict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,9 +215,9 @@ def read_state(path: Path) -> SavedState | None:
         return SavedState(
             version=int(data["version"]),
             config_digest=str(data["config_digest"]),
-            keywords=tuple(KeywordSpec.model_validate(k) for k in data["keywords"]),
+            keywords=tuple(KeywordSpec.from_mapping(k) for k in data["keywords"]),
         )
-    except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         log.error(
             "saved keyword list is corrupt; ignoring it (delete it to silence this)",
             path=str(path),

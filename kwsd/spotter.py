@@ -40,10 +40,10 @@ from kwsd.features import SAMPLE_RATE
 from kwsd.keywords import (
     KeywordSet,
     KeywordSpec,
+    KeywordSpecError,
     Tokenizer,
     compile_keywords,
     load_keyword_file,
-    parse_keyword_entries,
     parse_keyword_line,
     parse_keyword_lines,
 )
@@ -523,13 +523,16 @@ def _specs(keywords: KeywordsLike) -> tuple[KeywordSpec, ...]:
             f"or a list of phrases/KeywordSpecs, not {type(keywords).__name__}"
         )
     specs = []
-    for entry in keywords:
+    for position, entry in enumerate(keywords, 1):
         if isinstance(entry, KeywordSpec):
             specs.append(entry)
         elif isinstance(entry, str):
             specs.append(parse_keyword_line(entry.strip()))
         elif isinstance(entry, Mapping):
-            specs.extend(parse_keyword_entries([dict(entry)]))
+            try:
+                specs.append(KeywordSpec.from_mapping(entry))
+            except KeywordSpecError as exc:
+                raise KeywordError(f"keyword {position} ({dict(entry)!r:.80}): {exc}") from None
         else:
             raise TypeError(
                 f"keyword entries must be phrases (str) or KeywordSpec, not {type(entry).__name__}"

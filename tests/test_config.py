@@ -296,6 +296,27 @@ def test_bad_keyword_entries(tmp_path: Path) -> None:
     assert "`keywords.entries[2].treshold`" in message
 
 
+def test_keyword_entry_errors_name_the_key_and_what_is_allowed(tmp_path: Path) -> None:
+    """Entries are checked by KeywordSpec itself (no pydantic model), yet read like any
+    other setting's error: the dotted key, the source, the value, the allowed keys."""
+    cfg = tmp_path / "c.toml"
+    message = config_error(write(cfg, '[[keywords.entries]]\nphrase = "X"\ntreshold = 0.2\n'))
+    assert f"unknown setting `keywords.entries[0].treshold` in config file {cfg}" in message
+    assert "did you mean `threshold`?" in message
+    assert "allowed in [keywords.entries[0]]: alternates, boost, display, phrase, pieces" in message
+
+    message = config_error(write(cfg, '[[keywords.entries]]\nphrase = "X"\npieces = 3\n'))
+    assert f"`keywords.entries[0].pieces` = 3 in config file {cfg} is invalid" in message
+    assert "must be BPE pieces" in message
+
+    message = config_error(write(cfg, '[keywords]\nentries = ["LIGHT UP"]\n'))
+    assert "`keywords.entries[0]` = 'LIGHT UP'" in message and "`keywords.phrases`" in message
+
+    settings = load_settings(write(cfg, '[[keywords.entries]]\npieces = ["▁HE", "Y"]\n'))
+    assert settings.keywords.entries == [KeywordSpec(pieces=("▁HE", "Y"))]
+    assert settings.masked_dump()["keywords"]["entries"][0]["pieces"] == ["▁HE", "Y"]
+
+
 def test_password_file(tmp_path: Path) -> None:
     write(tmp_path / "secrets" / "mqtt", "s3cret\n")
     cfg = write(

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,7 @@ from kwsd.backends.base import ModelDefaults
 from kwsd.errors import KeywordError
 from kwsd.keywords import (
     KeywordSpec,
+    KeywordSpecError,
     Tokenizer,
     compile_keywords,
     load_keyword_file,
@@ -122,3 +124,79 @@ def test_weak_keywords_warn_but_are_kept(tokenizer: Tokenizer) -> None:
     assert any("one word split into 3 pieces" in w for w in ks.warnings)
     assert any("single BPE piece '▁UP'" in w for w in ks.warnings)
     assert not any("GOOD NIGHT" in w for w in ks.warnings)
+
+
+# -- KeywordSpec checks itself (no pydantic: the library must not import it) ---------------
+
+
+def test_spec_normalises_the_natural_spellings() -> None:
+    spec = KeywordSpec(pieces=["▁", "L", "IGHT", "▁UP"], boost=2, alternates=["▁LI GHT ▁UP"])  # type: ignore[arg-type]
+    same = KeywordSpec(
+        pieces=("▁", "L", "IGHT", "▁UP"), boost=2.0, alternates=(("▁LI", "GHT", "▁UP"),)
+    )
+    assert spec == same and hash(spec) == hash(same)
+    assert KeywordSpec(pieces="▁ L IGHT ▁UP") == KeywordSpec(pieces=("▁", "L", "IGHT", "▁UP"))  # type: ignore[arg-type]
+    assert isinstance(spec.boost, float) and spec.to_dict()["boost"] == 2.0
+    assert KeywordSpec(phrase="X", threshold="0.3").threshold == 0.3  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"phrase": "X", "boost": 10.5}, "`boost`: must be from 0 to 10, not 10.5"),
+        ({"phrase": "X", "boost": -1}, "`boost`: must be from 0 to 10"),
+        ({"phrase": "X", "threshold": 0}, "`threshold`: must be above 0 and at most 1, not 0"),
+        ({"phrase": "X", "threshold": float("nan")}, "`threshold`: must be above 0"),
+        ({"phrase": "X", "threshold": True}, "`threshold`: must be a number above 0"),
+        ({"phrase": "X", "boost": "high"}, "`boost`: must be a number from 0 to 10, not 'high'"),
+        ({"phrase": 3}, "`phrase`: must be text, not 3"),
+        ({"phrase": "X", "display": ["a"]}, "`display`: must be text"),
+        ({"pieces": ["▁UP", 3]}, "`pieces`: must be BPE pieces"),
+        ({"phrase": "X", "alternates": "▁LI GHT"}, "`alternates`: must be a list of piece"),
+        ({"phrase": "X", "alternates": [["▁LI"], 2]}, "`alternates`: must be BPE pieces"),
+        ({"pieces": ""}, "needs a non-empty `phrase`"),
+        ({}, "needs a non-empty `phrase`"),
+    ],
+)
+def test_spec_refuses_bad_values_naming_the_field(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(KeywordSpecError) as info:
+        KeywordSpec.from_mapping(fields)
+    assert message in str(info.value)
+    assert isinstance(info.value, KeywordError) and isinstance(info.value, ValueError)
+    named = [name for name in fields if f"`{name}`" in message]
+    assert info.value.field == (named[0] if named else None)
+
+
+def test_spec_from_mapping_refuses_unknown_keys_and_reads_back_to_dict() -> None:
+    with pytest.raises(KeywordSpecError) as info:
+        KeywordSpec.from_mapping({"phrase": "X", "treshold": 0.3, "colour": "red"})
+    assert info.value.unknown == ("colour", "treshold")
+    assert "unknown fields `colour`, `treshold`" in str(info.value)
+    assert "(allowed: phrase, pieces, boost, threshold, display, alternates)" in str(info.value)
+    with pytest.raises(KeywordSpecError, match="did you mean `threshold`"):
+        KeywordSpec.from_mapping({"phrase": "X", "treshold": 0.3})
+
+    spec = KeywordSpec(pieces=("▁HE", "Y"), threshold=0.3, alternates=(("▁H", "EY"),))
+    assert spec.to_dict() == {
+        "pieces": ["▁HE", "Y"],
+        "threshold": 0.3,
+        "alternates": [["▁H", "EY"]],
+    }
+    assert KeywordSpec.from_mapping(spec.to_dict()) == spec
+    assert KeywordSpec(phrase="X").to_dict() == {"phrase": "X"}
+    assert dataclasses.replace(spec, boost=3).boost == 3.0
+    with pytest.raises(KeywordSpecError, match="`boost`"):
+        dataclasses.replace(spec, boost=11.0)
+
+
+def test_structured_entries_name_the_entry_at_fault() -> None:
+    with pytest.raises(KeywordError, match=r"invalid keyword entry \[1\]: `threshold`: must be"):
+        parse_keyword_entries(["LIGHT UP", {"phrase": "X", "threshold": 2}])
+    with pytest.raises(
+        KeywordError, match=r"entry \[0\]: a keyword entry is a phrase or an object"
+    ):
+        parse_keyword_entries([3])
+    with pytest.raises(KeywordError, match="keyword entries must be a list"):
+        parse_keyword_entries({"phrase": "X"})
+    with pytest.raises(KeywordError, match=r"keyword line 'LIGHT UP :12': `boost`: must be from 0"):
+        parse_keyword_line("LIGHT UP :12")

@@ -452,6 +452,46 @@ def test_a_quiet_program_never_loads_the_logging_stack(
     assert "event='model_loaded'" in proc.stderr
 
 
+def test_a_spotting_program_never_imports_pydantic(
+    assets: Path, tmp_path: Path, speech: Path
+) -> None:
+    """pydantic costs about 14 MiB resident; only the daemon's config needs it. Every
+    keyword form the library takes (a phrase, a keyword line, a mapping, a KeywordSpec,
+    a JSON keywords file), and a refused one, goes through KeywordSpec's own checks."""
+    root = install_standin_model(assets, tmp_path / "models")
+    keywords_json = tmp_path / "keywords.json"
+    keywords_json.write_text('["good night", {"phrase": "lights off", "boost": 2}]', "utf-8")
+    code = (
+        "import sys\n"
+        "import soundfile\n"
+        "from kwsd import KeywordError, KeywordSpec, KeywordSpotter\n"
+        "spotter = KeywordSpotter.from_model_dir(sys.argv[1], keywords=['hey computer'])\n"
+        "spotter.compile(['LIGHT UP :2.0 #0.3', {'phrase': 'stop', 'threshold': 0.4},\n"
+        "                 KeywordSpec(pieces='▁ L IGHT ▁UP', display='LIGHT_UP')])\n"
+        "from pathlib import Path\n"
+        "spotter.compile(Path(sys.argv[3]))\n"
+        "try:\n"
+        "    spotter.compile([{'phrase': 'stop', 'treshold': 0.4}])\n"
+        "except KeywordError as exc:\n"
+        "    assert 'treshold' in str(exc), exc\n"
+        "else:\n"
+        "    raise AssertionError('an unknown key was accepted')\n"
+        "audio, rate = soundfile.read(sys.argv[2], dtype='float32')\n"
+        "stream = spotter.create_stream(sample_rate=rate)\n"
+        "assert stream.accept(audio) + stream.finish()\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in "
+        "('pydantic', 'pydantic_core', 'pydantic_settings')]\n"
+        "assert not loaded, loaded\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(root), str(speech), str(keywords_json)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_public_names() -> None:
     for name in kwsd.__all__:
         assert getattr(kwsd, name) is not None

@@ -57,10 +57,7 @@ def load(args: argparse.Namespace) -> Settings:
     if args.keywords or args.keywords_file:
         # Keywords on the command line replace the configured list rather than add to it.
         overrides["keywords.phrases"] = []
-        overrides["keywords.entries"] = [
-            parse_keyword_line(k).model_dump(exclude_none=True, exclude_defaults=True)
-            for k in args.keywords
-        ]
+        overrides["keywords.entries"] = [parse_keyword_line(k).to_dict() for k in args.keywords]
     settings = settings_for(args, **overrides)
     if args.keywords and not args.keywords_file and settings.keywords.file is not None:
         # An override cannot unset a value, so drop the configured file here.

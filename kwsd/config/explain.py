@@ -18,10 +18,11 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from kwsd.config.fields import Key, follow
+from kwsd.config.fields import Key, field_names, follow
 from kwsd.config.schema import Settings
 from kwsd.config.sources import ENV_PREFIX, RESERVED_ENV_PREFIX, RESERVED_ENV_VARS, LoadedFile
 from kwsd.errors import ConfigError
+from kwsd.keywords.spec import KeywordSpecError
 
 Loc = tuple[Key, ...]
 
@@ -74,7 +75,7 @@ def check_env_names(env: Mapping[str, str]) -> None:
         if len(trail.keys) < len(parts):
             depth = len(trail.keys)
             where = ".".join(parts[:depth]) or None
-            choices = sorted(trail.model.model_fields) if trail.model is not None else []
+            choices = field_names(trail.model) if trail.model is not None else []
             problems.append(
                 _unknown_key_text(f"in environment variable {name}", parts[depth], where, choices)
             )
@@ -102,21 +103,31 @@ def explain_validation_error(exc: ValidationError, provenance: Provenance) -> st
     extras: dict[str, str] = {}
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
-        if error["type"] == "extra_forbidden":
-            parent = follow(Settings, loc[:-1])
+        value = error.get("input")
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        unknown: list[Loc] = [loc] if error["type"] == "extra_forbidden" else []
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, KeywordSpecError):
+            # A `[[keywords.entries]]` table checks itself (KeywordSpec); point at its key.
+            unknown = [(*loc, key) for key in cause.unknown]
+            if cause.field is not None:
+                loc, value = (*loc, cause.field), cause.value
+            reason = cause.reason
+        for key_loc in unknown:
+            parent = follow(Settings, key_loc[:-1])
             section = _dotted(parent.keys) or None
-            choices = sorted(parent.model.model_fields) if parent.model is not None else []
-            source = provenance.source_of(loc)
+            choices = field_names(parent.model) if parent.model is not None else []
+            source = provenance.source_of(key_loc)
             extras.setdefault(
-                _dotted(loc), _unknown_key_text(source, str(loc[-1]), section, choices)
+                _dotted(key_loc), _unknown_key_text(source, str(key_loc[-1]), section, choices)
             )
+        if unknown:
             continue
         # The trail drops pydantic's union-branch suffixes (`audio.device.str`).
         path = follow(Settings, loc).keys
-        reason = str(error["msg"]).removeprefix("Value error, ")
         # A union (e.g. `device: str | int`) reports one error per branch: keep them together.
         reasons.setdefault(path, []).append(reason)
-        values.setdefault(path, error.get("input"))
+        values.setdefault(path, value)
     problems = list(extras.values())
     for path, why in reasons.items():
         problems.append(_invalid_text(path, values[path], why, provenance))

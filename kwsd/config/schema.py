@@ -13,6 +13,7 @@ import json
 import re
 import socket
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     PrivateAttr,
     SecretStr,
     field_validator,
@@ -128,6 +131,29 @@ class ModelSettings(_Section):
     )
 
 
+def _keyword_entry(value: object) -> KeywordSpec:
+    """One `[[keywords.entries]]` table, checked by KeywordSpec itself.
+
+    The same checks and words as a keywords file or an MQTT command; the error it raises
+    names the field at fault, which `kwsd.config.explain` turns into the dotted key
+    (`keywords.entries[0].threshold`).
+    """
+    if isinstance(value, KeywordSpec):
+        return value
+    if isinstance(value, Mapping):
+        return KeywordSpec.from_mapping(value)
+    raise ValueError(
+        "a keyword entry is a table with a `phrase` or `pieces` ([[keywords.entries]] in "
+        "TOML, an object in JSON); plain phrases go in `keywords.phrases`"
+    )
+
+
+# Dumped (`kwsd config check`) as written: the fields that differ from their defaults.
+KeywordEntry = Annotated[
+    KeywordSpec, PlainValidator(_keyword_entry), PlainSerializer(KeywordSpec.to_dict)
+]
+
+
 def _split_phrases(value: object) -> object:
     """Env vars carry lists as JSON (`["A", "B"]`) or, more naturally, comma-separated."""
     if not isinstance(value, str):
@@ -151,7 +177,7 @@ class KeywordsSettings(_Section):
             'e.g. ["HEY COMPUTER", "LIGHTS OFF"]. In the environment: comma-separated.'
         ),
     )
-    entries: list[KeywordSpec] = Field(
+    entries: list[KeywordEntry] = Field(
         default_factory=list,
         description=(
             "Keywords with their own settings, one [[keywords.entries]] table each: phrase "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ class Grid:
 
 def at_point(specs: Sequence[KeywordSpec], boost: float, threshold: float) -> list[KeywordSpec]:
     """Every keyword forced to one operating point (its own file values are overridden)."""
-    return [s.model_copy(update={"boost": boost, "threshold": threshold}) for s in specs]
+    return [replace(s, boost=boost, threshold=threshold) for s in specs]
 
 
 # -- encoder cache -----------------------------------------------------------------------

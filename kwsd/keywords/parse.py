@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
-
-from pydantic import TypeAdapter, ValidationError
+from typing import Final
 
 from kwsd.errors import KeywordError
 from kwsd.keywords.compile import check_keyword_count
-from kwsd.keywords.spec import KeywordSpec
+from kwsd.keywords.spec import KEYWORD_FIELDS, KeywordSpec, KeywordSpecError
 
 _OPTION = re.compile(r"^([:#@])(.*)$")
-_ENTRIES = TypeAdapter(list[KeywordSpec | str])
+_ENTRIES_EXAMPLE: Final = '["LIGHT UP", {"phrase": "GOOD NIGHT", "threshold": 0.3}]'
 
 
 def parse_keyword_line(line: str) -> KeywordSpec:
@@ -53,8 +53,8 @@ def parse_keyword_line(line: str) -> KeywordSpec:
                 pieces=tuple(words), boost=boost, threshold=threshold, display=display
             )
         return KeywordSpec(phrase=text, boost=boost, threshold=threshold, display=display)
-    except ValidationError as exc:
-        raise KeywordError(f"keyword line {line!r}: {_first_error(exc)}") from None
+    except KeywordSpecError as exc:
+        raise KeywordError(f"keyword line {line!r}: {exc}") from None
 
 
 def parse_keyword_lines(text: str) -> list[KeywordSpec]:
@@ -72,14 +72,37 @@ def _is_keyword_line(line: str) -> bool:
 
 
 def parse_keyword_entries(data: object) -> list[KeywordSpec]:
-    """Structured entries (config TOML, JSON, MQTT): strings are phrases, objects are specs."""
-    if isinstance(data, list):
-        check_keyword_count(len(data))
-    try:
-        entries = _ENTRIES.validate_python(data)
-    except ValidationError as exc:
-        raise KeywordError(f"invalid keyword entry: {_first_error(exc)}") from None
-    return [KeywordSpec(phrase=e) if isinstance(e, str) else e for e in entries]
+    """Structured entries (a JSON keywords file, a list in code): strings are phrases,
+    objects are specs. An error names the entry by its position in the list."""
+    if not isinstance(data, list | tuple):
+        raise KeywordError(
+            f"keyword entries must be a list such as {_ENTRIES_EXAMPLE}, not {type(data).__name__}"
+        )
+    check_keyword_count(len(data))
+    specs = []
+    for index, entry in enumerate(data):
+        try:
+            specs.append(parse_keyword_entry(entry))
+        except KeywordSpecError as exc:
+            raise KeywordError(f"invalid keyword entry [{index}]: {exc}") from None
+    return specs
+
+
+def parse_keyword_entry(entry: object) -> KeywordSpec:
+    """One structured entry: a phrase, a mapping of KeywordSpec fields, or a KeywordSpec.
+
+    Raises `KeywordSpecError` naming the field at fault.
+    """
+    if isinstance(entry, KeywordSpec):
+        return entry
+    if isinstance(entry, str):
+        return KeywordSpec(phrase=entry)
+    if isinstance(entry, Mapping):
+        return KeywordSpec.from_mapping(entry)
+    raise KeywordSpecError(
+        f"a keyword entry is a phrase or an object with the fields {', '.join(KEYWORD_FIELDS)}, "
+        f"not {entry!r:.60}"
+    )
 
 
 def load_keyword_file(path: Path) -> list[KeywordSpec]:
@@ -101,10 +124,3 @@ def _json(text: str) -> object:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise KeywordError(f"not valid JSON: {exc}") from None
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return f"{where}: {msg}" if where else msg

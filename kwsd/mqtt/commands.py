@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import structlog
-from pydantic import ValidationError
 
 from kwsd.errors import KwsdError
-from kwsd.keywords.spec import KeywordSpec
+from kwsd.keywords.spec import KEYWORD_FIELDS, KeywordSpec, KeywordSpecError
 from kwsd.mqtt.messages import InboundMessage
 from kwsd.mqtt.payloads import CommandReply
 from kwsd.mqtt.topics import CommandName, topic_problem
@@ -44,7 +43,7 @@ _VERBS: Final[dict[str, CommandName]] = {
     "pause": "pause",
     "resume": "resume",
 }
-_SPEC_FIELDS: Final = ", ".join(KeywordSpec.model_fields)
+_SPEC_FIELDS: Final = ", ".join(KEYWORD_FIELDS)
 _EXAMPLE: Final = '["LIGHT UP", {"phrase": "GOOD NIGHT", "threshold": 0.3}]'
 
 
@@ -329,28 +328,14 @@ def _entry(name: CommandName, index: int, item: Any, ident: str | None) -> Keywo
                 return item.strip()
             return KeywordSpec(phrase=item)
         if isinstance(item, dict):
-            return KeywordSpec.model_validate(item)
-    except ValidationError as exc:
-        raise CommandError(f"keyword {index}: {_explain(exc)}", command_id=ident) from None
-    except CommandError as exc:
+            return KeywordSpec.from_mapping(item)
+    except (KeywordSpecError, CommandError) as exc:
         raise CommandError(f"keyword {index}: {exc}", command_id=ident) from None
     raise CommandError(
         f"keyword {index}: expected a phrase string or a keyword object "
         f"({_SPEC_FIELDS}), got {_json_type(item)}",
         command_id=ident,
     )
-
-
-def _explain(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            parts.append(f"unknown field `{where}` (allowed: {_SPEC_FIELDS})")
-            continue
-        message = err["msg"].removeprefix("Value error, ")
-        parts.append(f"`{where}`: {message}" if where else message)
-    return "; ".join(parts)
 
 
 def _json_type(value: Any) -> str:

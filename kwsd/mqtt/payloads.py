@@ -108,14 +108,6 @@ class DetectionPayload:
         )
 
 
-def spec_to_dict(spec: KeywordSpec) -> dict[str, Any]:
-    """A keyword entry in the same shape users write in config.toml and MQTT commands."""
-    data: dict[str, Any] = spec.model_dump(mode="json", exclude_none=True)
-    if not data.get("alternates"):
-        data.pop("alternates", None)
-    return data
-
-
 @dataclass(frozen=True, slots=True)
 class KeywordsPayload:
     """The active keyword list, retained on `<base>/keywords`.
@@ -142,7 +134,7 @@ class KeywordsPayload:
         return {
             "version": self.version,
             "paused": self.paused,
-            "keywords": [spec_to_dict(spec) for spec in self.keywords],
+            "keywords": [spec.to_dict() for spec in self.keywords],
             "warnings": list(self.warnings),
         }
 
@@ -157,7 +149,7 @@ class KeywordsPayload:
             raise ValueError("`version` must be an integer or a string")
         return cls(
             version=version,
-            keywords=tuple(KeywordSpec.model_validate(k) for k in obj["keywords"]),
+            keywords=tuple(KeywordSpec.from_mapping(k) for k in obj["keywords"]),
             paused=bool(obj.get("paused", False)),
             warnings=tuple(str(w) for w in obj.get("warnings", ())),
         )
