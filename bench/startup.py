@@ -255,6 +255,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     help_row = next(t for t in timed if t.label == "`kwsd --help`")
     help_s, help_cpu = help_row.wall.median, help_row.cpu.median
     idle = mib(installed_rss["idle"])
+    loaded_heavy = [
+        m for m in ("pydantic", "structlog", "asyncio", "ssl") if m in installed_rss["modules"]
+    ]
+    heavy_note = (
+        "none of pydantic, structlog, asyncio and ssl"
+        if not loaded_heavy
+        else f"{', '.join(loaded_heavy)} (and should not)"
+    )
     lines = ["## Start-up and memory (`bench/startup.py`)", ""]
     lines.append(
         f"Run {'with `--quick`' if args.quick else 'in full'} in {elapsed:.0f} s. Fresh child "
@@ -301,11 +309,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"- Idle RSS {idle:.1f} MiB (target ≤ {TARGET_RSS_MIB:.0f} MiB: "
         f"{'meets' if idle <= TARGET_RSS_MIB else '**misses**'}). Above the bare libraries "
-        "and sessions: kwsd's own imports, mostly pydantic with the keyword models (about "
-        "10 MiB) and structlog, which imports asyncio and with it OpenSSL (about 7 MiB). "
-        "The development venv also has `rich`, which structlog imports when present "
-        "(about 4 MiB more). ONNX Runtime's memory arena "
-        "grows with the encoder's batch: a batched server pays its largest batch once.",
+        "and sessions: kwsd's own modules, the keyword graph and the decoder cache. A "
+        f"program that only spots keywords imports {heavy_note}: keyword entries check "
+        "themselves (kwsd/keywords/spec.py) and library log lines load structlog only "
+        "when written (kwsd/liblog.py); the configuration and the daemon do import them "
+        "(pydantic about 14 MiB, structlog with asyncio and OpenSSL about 7 MiB). ONNX "
+        "Runtime's memory arena grows with the encoder's batch: a batched server pays its "
+        "largest batch once.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
