@@ -486,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"revision of the server to compare with (default {BASELINE}; '' to skip)",
     )
     parser.add_argument(
-        "--levels", default="8,16,24,32,40,48,56,64,72,80,96,112,128", help="stream counts"
+        "--levels", default="1,2,4,8,16,24,32,40,48,56,64,80,96,112,128", help="stream counts"
     )
     parser.add_argument("--no-write", action="store_true", help="print, do not write the doc")
     args = parser.parse_args(argv)
