@@ -10,12 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from engine_support import espeak
 from mqtt_broker import free_port
 from wyoming.client import AsyncTcpClient
-from wyoming_support import utterance
+from wyoming_support import espeak_pcm, utterance
 
 from kwsd.cli import main
 from kwsd.wyoming.event import Event, EventReader, write_event
@@ -76,8 +74,7 @@ async def test_cli_with_decode_processes_detects_and_leaves_none_behind(
 ) -> None:
     """`--workers 2`: two decode processes of the CLI's own; speech is detected through
     them, and SIGTERM ends them with the server."""
-    audio = espeak("hey computer, lights off", tmp_path / "s.wav")
-    pcm = (np.clip(audio, -1, 0.999) * 32768).astype("<i2").tobytes()
+    pcm = espeak_pcm("hey computer, lights off", tmp_path / "s.wav")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KWSD_")}
     env["KWSD_CONFIG"] = str(tmp_path / "none.toml")
@@ -93,10 +90,12 @@ async def test_cli_with_decode_processes_detects_and_leaves_none_behind(
     try:
         _reader, writer = await _connect(port, process)
         writer.close()
-        children = await asyncio.to_thread(_children, process.pid)
-        assert len(children) >= 2  # the decode processes (and multiprocessing's tracker)
+        # The socket listens (and queues connections) while the decode processes
+        # start; the answer comes once they run.
         async with AsyncTcpClient("127.0.0.1", port) as client:
             assert await utterance(client, pcm) == ["hey_computer", "lights_off"]
+        children = await asyncio.to_thread(_children, process.pid)
+        assert len(children) >= 2  # the decode processes (and multiprocessing's tracker)
         process.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(process.wait, 30)
         assert code == 0, process.communicate()
@@ -109,9 +108,18 @@ async def test_cli_with_decode_processes_detects_and_leaves_none_behind(
 
 
 def _children(pid: int) -> list[int]:
-    """Every child process of `pid`, whichever of its threads started it."""
-    tasks = Path(f"/proc/{pid}/task").iterdir()
-    return [int(c) for task in tasks for c in (task / "children").read_text().split()]
+    """Every child process of `pid` (whose parent it is, per /proc/*/stat)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+        if parent == pid:
+            found.append(int(entry.name))
+    return found
 
 
 def _still_running(pids: list[int], within: float) -> dict[int, str]:
