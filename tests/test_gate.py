@@ -16,6 +16,7 @@ import numpy.typing as npt
 import pytest
 import structlog
 from engine_support import espeak
+from wyoming_support import pcm16
 
 from kwsd.audio.base import AudioBlock
 from kwsd.audio.queue import BoundedAudioQueue
@@ -182,7 +183,7 @@ class _Client:
         await write_event(self.writer, event)
 
     async def audio(self, samples: Samples, fmt: AudioFormat) -> None:
-        pcm = (np.clip(samples, -1, 0.999) * 32768).astype("<i2").tobytes()
+        pcm = pcm16(samples)
         step = BLOCK * fmt.frame_bytes
         for offset in range(0, len(pcm), step):
             await self.send(audio_chunk(fmt, pcm[offset : offset + step]))

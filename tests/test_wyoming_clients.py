@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import soxr
@@ -31,6 +30,7 @@ from wyoming.event import Event
 from wyoming.info import Describe, Info
 from wyoming.ping import Ping, Pong
 from wyoming.wake import Detect, Detection, NotDetected
+from wyoming_support import pcm16
 
 from kwsd.keywords import KeywordSet, KeywordSpec
 from kwsd.spotter import KeywordSpotter
@@ -48,8 +48,7 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
         tmp_path_factory.mktemp("speech") / "s.wav", "hey computer, turn on the lights"
     )
     audio, rate = sf.read(wav, dtype="float32")
-    pcm = soxr.resample(audio, rate, RATE)
-    return (np.clip(pcm, -1, 0.999) * 32768).astype("<i2").tobytes()
+    return pcm16(soxr.resample(audio, rate, RATE))
 
 
 @pytest.fixture(scope="module")

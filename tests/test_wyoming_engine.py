@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import structlog
-from engine_support import espeak
 from wyoming.client import AsyncTcpClient
 from wyoming.wake import Detect
-from wyoming_support import CHUNK_SAMPLES, WIDTH, utterance
+from wyoming_support import CHUNK_SAMPLES, WIDTH, espeak_pcm, utterance
 
 import kwsd.search.shared as shared
 from kwsd.batch import BatchStream
@@ -42,8 +41,7 @@ def spotter(assets: Path) -> KeywordSpotter:
 def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """'hey computer, turn on the lights' as 16 kHz 16-bit mono PCM."""
     path = tmp_path_factory.mktemp("speech") / "s.wav"
-    audio = espeak("hey computer, turn on the lights", path)
-    return (np.clip(audio, -1, 0.999) * 32768).astype("<i2").tobytes()
+    return espeak_pcm("hey computer, turn on the lights", path)
 
 
 def _fresh_keywords(spotter: KeywordSpotter, extra: str) -> KeywordSet:

@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 import soxr
@@ -32,6 +31,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.wake import Detect, Detection
+from wyoming_support import pcm16
 
 from kwsd.mqtt.payloads import CommandReply
 from kwsd.registry import STATE_FILE_NAME
@@ -49,7 +49,7 @@ LIMITED_KWSD = (
 
 def pcm16k(path: Path) -> bytes:
     audio, rate = sf.read(path, dtype="float32")
-    return (np.clip(soxr.resample(audio, rate, 16000), -1, 0.999) * 32768).astype("<i2").tobytes()
+    return pcm16(soxr.resample(audio, rate, 16000))
 
 
 def flood(address: tuple[str, int], count: int) -> tuple[list[socket.socket], int]:

@@ -11,13 +11,11 @@ import pickle
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 import structlog
-from engine_support import espeak
 from wyoming.audio import AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
-from wyoming_support import RATE, WIDTH, answers, send_audio, utterance
+from wyoming_support import RATE, WIDTH, answers, espeak_pcm, send_audio, utterance
 
 from kwsd.config import Settings
 from kwsd.config.schema import LogSettings, WyomingSettings
@@ -44,8 +42,7 @@ def keywords(spotter: KeywordSpotter) -> KeywordSet:
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     path = tmp_path_factory.mktemp("speech") / "s.wav"
-    audio = espeak("hey computer, turn on the lights", path)
-    return (np.clip(audio, -1, 0.999) * 32768).astype("<i2").tobytes()
+    return espeak_pcm("hey computer, turn on the lights", path)
 
 
 def _processes(spotter: KeywordSpotter, workers: int) -> DecodeOptions:

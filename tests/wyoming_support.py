@@ -7,7 +7,11 @@ audio in chunks of 1,024 samples.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+from engine_support import espeak
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
@@ -17,6 +21,16 @@ from wyoming.wake import Detection, NotDetected
 
 RATE, WIDTH, CHANNELS = 16000, 2, 1
 CHUNK_SAMPLES = 1024
+
+
+def pcm16(audio: npt.ArrayLike) -> bytes:
+    """Float samples in [-1, 1] as 16-bit little-endian PCM (what satellites stream)."""
+    return (np.clip(audio, -1, 0.999) * 32768).astype("<i2").tobytes()
+
+
+def espeak_pcm(text: str, path: Path) -> bytes:
+    """espeak-ng saying `text`, as 16 kHz 16-bit mono PCM (the wav is kept at `path`)."""
+    return pcm16(espeak(text, path))
 
 
 async def utterance(client: AsyncTcpClient, pcm: bytes) -> list[str]:
