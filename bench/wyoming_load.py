@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -34,6 +35,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -48,6 +50,9 @@ from common import (
     write_section,
 )
 
+if TYPE_CHECKING:
+    from kwsd.spotter import KeywordSpotter
+
 RATE, WIDTH, CHUNK_SAMPLES = 16000, 2, 1024
 BLOCK = 5120  # 320 ms: what the capacity runs feed per step
 ENCODER = "zipformer-random/encoder-epoch-12-avg-2-chunk-16-left-64{}.onnx"
@@ -61,22 +66,32 @@ def encoder_path(assets: Path, precision: str) -> Path:
     return assets / ENCODER.format(".int8" if precision == "int8" else "")
 
 
-# -- the server, in its own process -------------------------------------------------
-def serve(precision: str, workers: int) -> None:
-    """`--serve`: a Wyoming server on a free port; stops when stdin closes, then prints
-    the CPU time it and its decode processes used."""
+@functools.cache
+def zipformer_spotter(precision: str) -> KeywordSpotter:
+    """zipformer-random with the real decoder and joiner of `precision`, loaded once.
+
+    Imported here, not at the top: `--serve` may run an older kwsd (`--baseline`).
+    """
     from kwsd.model.bundle import open_bundle
     from kwsd.spotter import BackendOptions, KeywordSpotter
-    from kwsd.wyoming.server import WyomingServer
 
     assets = assets_dir()
     bundle = open_bundle(
         assets / "model", precision=precision, encoder_override=encoder_path(assets, precision)
     )
-    spotter = KeywordSpotter.from_bundle(
+    return KeywordSpotter.from_bundle(
         bundle,
         backend=BackendOptions(runtime="onnx", precision=precision),  # type: ignore[arg-type]
     )
+
+
+# -- the server, in its own process -------------------------------------------------
+def serve(precision: str, workers: int) -> None:
+    """`--serve`: a Wyoming server on a free port; stops when stdin closes, then prints
+    the CPU time it and its decode processes used."""
+    from kwsd.wyoming.server import WyomingServer
+
+    spotter = zipformer_spotter(precision)
     keywords = spotter.compile(KEYWORDS)
     extra: dict[str, object] = {}
     if workers:
@@ -255,19 +270,7 @@ def run_level(setup: ServerSetup, count: int, audio: np.ndarray) -> Level:
 # -- capacity in one process --------------------------------------------------------
 def kwsd_capacity(precision: str, streams: Sequence[np.ndarray]) -> float:
     """CPU ms per stream per audio second: all streams through one `StreamBatch`."""
-    from kwsd.model.bundle import open_bundle
-    from kwsd.spotter import BackendOptions, KeywordSpotter
-
-    assets = assets_dir()
-    bundle = open_bundle(
-        assets / "model", precision=precision, encoder_override=encoder_path(assets, precision)
-    )
-    spotter = _spotters.get(precision)
-    if spotter is None:
-        spotter = _spotters[precision] = KeywordSpotter.from_bundle(
-            bundle,
-            backend=BackendOptions(runtime="onnx", precision=precision),  # type: ignore[arg-type]
-        )
+    spotter = zipformer_spotter(precision)
     keywords = spotter.compile(KEYWORDS)
     batch = spotter.create_batch()
     members = [batch.add_stream(keywords) for _ in streams]
@@ -283,42 +286,42 @@ def kwsd_capacity(precision: str, streams: Sequence[np.ndarray]) -> float:
     return used * 1000 / (len(streams) * len(streams[0]) / RATE)
 
 
-_spotters: dict[str, object] = {}
+@functools.cache
+def sherpa_spotter(precision: str, workdir: Path) -> Any:
+    """sherpa-onnx's `KeywordSpotter` on the same files and keywords, loaded once."""
+    import sherpa_onnx
+    from sherpa_peer import keyword_file
+
+    assets = assets_dir()
+    suffix = ".int8.onnx" if precision == "int8" else ".onnx"
+    model = assets / "model"
+    keywords = workdir / "keywords.txt"
+    keywords.write_text(
+        keyword_file(zipformer_spotter("fp32").compile(KEYWORDS))[0], encoding="utf-8"
+    )
+    return sherpa_onnx.KeywordSpotter(
+        tokens=str(model / "tokens.txt"),
+        encoder=str(encoder_path(assets, precision)),
+        decoder=str(model / "decoder-epoch-12-avg-2-chunk-16-left-64.onnx"),
+        joiner=str(model / f"joiner-epoch-12-avg-2-chunk-16-left-64{suffix}"),
+        keywords_file=str(keywords),
+        num_threads=1,
+        provider="cpu",
+        max_active_paths=4,
+    )
 
 
 def sherpa_capacity(precision: str, streams: Sequence[np.ndarray], workdir: Path) -> float:
     """The same for sherpa-onnx: every ready stream in one `decode_streams` call."""
-    import sherpa_onnx
-
-    assets = assets_dir()
-    spotter = _spotters.get(f"sherpa-{precision}")
-    if spotter is None:
-        suffix = ".int8.onnx" if precision == "int8" else ".onnx"
-        model = assets / "model"
-        from sherpa_peer import keyword_file
-
-        kwsd_spotter = _spotters["fp32"]
-        keywords = workdir / "keywords.txt"
-        keywords.write_text(keyword_file(kwsd_spotter.compile(KEYWORDS))[0], encoding="utf-8")  # type: ignore[attr-defined]
-        spotter = _spotters[f"sherpa-{precision}"] = sherpa_onnx.KeywordSpotter(
-            tokens=str(model / "tokens.txt"),
-            encoder=str(encoder_path(assets, precision)),
-            decoder=str(model / "decoder-epoch-12-avg-2-chunk-16-left-64.onnx"),
-            joiner=str(model / f"joiner-epoch-12-avg-2-chunk-16-left-64{suffix}"),
-            keywords_file=str(keywords),
-            num_threads=1,
-            provider="cpu",
-            max_active_paths=4,
-        )
-    sp = spotter
-    members = [sp.create_stream() for _ in streams]  # type: ignore[attr-defined]
+    sp = sherpa_spotter(precision, workdir)
+    members = [sp.create_stream() for _ in streams]
 
     def drain() -> None:
-        while ready := [m for m in members if sp.is_ready(m)]:  # type: ignore[attr-defined]
-            sp.decode_streams(ready)  # type: ignore[attr-defined]
+        while ready := [m for m in members if sp.is_ready(m)]:
+            sp.decode_streams(ready)
             for m in ready:
-                if sp.get_result(m):  # type: ignore[attr-defined]
-                    sp.reset_stream(m)  # type: ignore[attr-defined]
+                if sp.get_result(m):
+                    sp.reset_stream(m)
 
     t0 = time.process_time()
     for start in range(0, len(streams[0]), BLOCK):
